@@ -1,3 +1,33 @@
-"""medcam3d: Class Activation Maps for 3D (and 2D) networks on medical images."""
+"""medcam3d: Class Activation Maps for 3D (and 2D) networks on medical images.
+
+``from medcam3d import GradCAM`` works as ``from pytorch_grad_cam import GradCAM``; every method
+is natively N-D (1, 2 or 3 spatial axes) and batch-aware.
+"""
+
+from medcam3d.core.base import BaseCAM, CAMResult
+from medcam3d.methods import (
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    RandomCAM,
+    SegXResCAM,
+    XGradCAM,
+)
 
 __version__ = "0.2.0"
+
+__all__ = [
+    "BaseCAM",
+    "CAMResult",
+    "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "RandomCAM",
+    "SegXResCAM",
+    "XGradCAM",
+    "__version__",
+]

@@ -13,6 +13,7 @@ __all__ = [
     "InputShapeError",
     "NonFiniteInputError",
     "TargetError",
+    "ValueRangeError",
     "LayerNotFoundError",
     "LayerNotReachedError",
     "LayerOutputError",
@@ -35,6 +36,10 @@ class InputShapeError(MedCAMError, ValueError):
 
 class NonFiniteInputError(MedCAMError, ValueError):
     """The input tensor holds NaN or Inf values."""
+
+
+class ValueRangeError(MedCAMError, ValueError):
+    """Values are outside the range a function expects (e.g. an image not in [0, 1])."""
 
 
 class TargetError(MedCAMError, ValueError):
@@ -89,3 +94,14 @@ def require_extra(module: str, extra: str, purpose: str = "") -> object:
             f"The optional dependency '{module}' is needed{what} but is not installed. "
             f"Install it with: pip install 'medcam3d[{extra}]'"
         ) from exc
+
+
+class MultipleSeriesError(InputFileError):
+    """A DICOM folder holds several series and none was chosen; ``series`` lists their UIDs."""
+
+    def __init__(self, message: str, series: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.series: list[str] = list(series or [])
+
+
+__all__.append("MultipleSeriesError")

@@ -1,0 +1,1 @@
+"""pytorch-grad-cam-compatible helpers: targets, images, reshape transforms, layer discovery."""
