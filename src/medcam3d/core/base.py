@@ -78,14 +78,17 @@ class CallContext:
     layer_name: str
     layer: nn.Module
     output: torch.Tensor
+    #: maps a model output of this pass back to the frame the targets expect (``aug_smooth``);
+    #: perturbation methods apply it to the outputs of their extra forward passes
+    output_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def model_device(model: nn.Module, fallback: torch.device | None = None) -> torch.device:
     """The device of the model's first parameter or buffer (``fallback`` or CPU if it has none)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return fallback if fallback is not None else torch.device("cpu")
 
 
@@ -179,6 +182,7 @@ class BaseCAM:
         self.eval_mode = eval_mode
         self.outputs: torch.Tensor | None = None
         self.context: CallContext | None = None
+        self._input: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ device
     @property
@@ -363,7 +367,7 @@ class BaseCAM:
             scores.sum(), activations, allow_unused=True, create_graph=self.create_graph
         )
         result = []
-        for name, act, grad in zip(self.layer_names, activations, grads):
+        for name, grad in zip(self.layer_names, grads):
             if grad is None:
                 raise LayerOutputError(
                     f"The target score does not depend on layer {name!r} (it runs on a branch that does not "
@@ -424,7 +428,9 @@ class BaseCAM:
                 for (name, module), act, grad in zip(self.layers, activations, grads):
                     act_p = self._prepare(name, act if self.create_graph else act.detach(), len(spatial), batch)
                     grad_p = self._prepare(name, grad, len(spatial), batch) if grad is not None else None
-                    self.context = CallContext(input_tensor, targets, name, module, target_output.detach())
+                    self.context = CallContext(
+                        input_tensor, targets, name, module, target_output.detach(), output_inverse
+                    )
                     cam = self.get_cam_image(input_tensor, module, targets, act_p, grad_p, eigen_smooth)  # type: ignore[arg-type]
                     cam = torch.as_tensor(cam, device=act_p.device).detach().to(torch.float32)
                     cam = torch.nan_to_num(cam.clamp_min(0), nan=0.0, posinf=0.0)
@@ -483,8 +489,10 @@ class BaseCAM:
         for transform in transforms:
             x_t = transform.forward(x, lead=2)
 
-            def back(out: torch.Tensor, t: TTATransform = transform) -> torch.Tensor:
-                if out.ndim == x.ndim and tuple(out.shape[2:]) == tuple(x_t.shape[2:]):
+            def back(
+                out: torch.Tensor, t: TTATransform = transform, shape: tuple[int, ...] = tuple(x_t.shape[2:])
+            ) -> torch.Tensor:
+                if out.ndim == x.ndim and tuple(out.shape[2:]) == shape:
                     return t.inverse(out, lead=2)
                 return out
 

@@ -56,13 +56,18 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return x if has_channels else x.squeeze(1)
 
 
-def minmax_normalize(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Per-sample min-max scaling of maps ``(N, *S)`` to ``[0, 1]`` (as pytorch-grad-cam: ``(x-min)/(max-min+eps)``)."""
+def minmax_normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Per-sample min-max scaling of maps ``(N, *S)`` to exactly ``[0, 1]``.
+
+    Divides by the range itself (no additive epsilon, which would distort maps whose raw values
+    are small, e.g. 1e-4); a constant map becomes all zeros. Idempotent.
+    """
     flat = maps.reshape(maps.shape[0], -1)
     low = flat.min(dim=1, keepdim=True).values
     shifted = flat - low
     high = shifted.max(dim=1, keepdim=True).values
-    return (shifted / (high + eps)).reshape(maps.shape)
+    safe = torch.where(high > 0, high, torch.ones_like(high))
+    return (shifted / safe).reshape(maps.shape)
 
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,7 @@ def show_cam_on_image(
         heatmap = heatmap[..., ::-1]
     cam = (1.0 - image_weight) * heatmap + image_weight * img
     cam = cam / max(float(np.max(cam)), 1e-7)
-    return np.uint8(np.round(255 * np.clip(cam, 0.0, 1.0)))
+    return np.round(255 * np.clip(cam, 0.0, 1.0)).astype(np.uint8)
 
 
 def _resize_numpy(maps: np.ndarray, size_in_tensor_order: Sequence[int]) -> np.ndarray:
@@ -135,7 +135,7 @@ def scale_cam_image(cam: np.ndarray, target_size: Sequence[int] | None = None) -
                 f"{cam.ndim - 1} spatial axes."
             )
         scaled = _resize_numpy(scaled, tuple(target_size)[::-1])
-    return np.float32(scaled)
+    return np.asarray(scaled, dtype=np.float32)
 
 
 def scale_accross_batch_and_channels(tensor: np.ndarray, target_size: Sequence[int]) -> np.ndarray:
@@ -152,7 +152,7 @@ def deprocess_image(img: np.ndarray) -> np.ndarray:
     img = img - np.mean(img)
     img = img / (np.std(img) + 1e-5)
     img = img * 0.1 + 0.5
-    return np.uint8(np.clip(img, 0, 1) * 255)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
 def preprocess_image(

@@ -221,6 +221,7 @@ class FinerWeightedTarget:
         main = model_output[self.main_category]
         if not self.comparison_categories:
             return main
-        numerator = sum(probs[j] * (main - self.alpha * model_output[j]) for j in self.comparison_categories)
-        denominator = sum(probs[j] for j in self.comparison_categories)
-        return numerator / denominator
+        index = torch.as_tensor(self.comparison_categories, device=model_output.device)
+        weights = probs.index_select(0, index)
+        others = model_output.index_select(0, index)
+        return (weights * (main - self.alpha * others)).sum(dim=0) / weights.sum(dim=0)
