@@ -1,0 +1,212 @@
+"""Guided backpropagation and Guided Grad-CAM, for inputs of any dimensionality and batches.
+
+Guided backpropagation (Springenberg et al., 2015) passes a gradient back through a rectifier
+only where both the gradient and the rectifier's input are positive:
+``∂ᵍ/∂x = ReLU(∂ᵍ/∂y) · [x > 0]``. It is applied with hooks, never by replacing modules: a
+forward pre-hook on every ``ReLU``, ``LeakyReLU``, ``PReLU``, ``ELU`` (and ``ReLU6``, ``CELU``,
+``SELU``) records where its input is positive (before an ``inplace=True`` activation overwrites
+it), and a forward hook registers a tensor hook on its output that replaces the incoming
+gradient by ``ReLU(g) · [x > 0]``. The activation's own backward then multiplies by its
+derivative, which is 1 wherever ``x > 0``. Activations called as functions (``F.relu``) inside
+``forward`` cannot be hooked and keep their ordinary gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from medcam3d.core.base import CAMResult, Target, _ModelState, model_device
+from medcam3d.core.layers import LayerSpec
+from medcam3d.core.tensors import minmax_normalize
+from medcam3d.errors import InputShapeError, TargetError
+from medcam3d.methods.gradient import GradCAM
+from medcam3d.utils.model_targets import ClassifierOutputTarget
+
+__all__ = ["GuidedBackpropHooks", "guided_backprop", "GuidedBackpropReLUModel", "GuidedGradCAM"]
+
+#: activation modules whose backward pass is guided
+GUIDED_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.ReLU6,
+    nn.CELU,
+    nn.SELU,
+)
+
+
+class GuidedBackpropHooks:
+    """Context manager: guided backward passes through every rectifier module of ``model``."""
+
+    def __init__(self, model: nn.Module, activation_types: tuple[type[nn.Module], ...] = GUIDED_ACTIVATIONS) -> None:
+        self.model = model
+        self.activation_types = activation_types
+        self._masks: dict[int, list[torch.Tensor]] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _pre_hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self._masks.setdefault(id(module), []).append((inputs[0].detach() > 0).to(inputs[0].dtype))
+
+    def _hook(self, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        stack = self._masks.get(id(module))
+        if not stack:
+            return
+        mask = stack.pop()
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(lambda grad, positive=mask: grad.clamp_min(0) * positive)
+
+    def __enter__(self) -> GuidedBackpropHooks:
+        for module in self.model.modules():
+            if isinstance(module, self.activation_types):
+                self._handles.append(module.register_forward_pre_hook(self._pre_hook))
+                self._handles.append(module.register_forward_hook(self._hook))
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._masks.clear()
+
+
+def _select(output: Any, output_index: int | str) -> torch.Tensor:
+    if isinstance(output, dict):
+        output = output[output_index] if output_index in output else list(output.values())[int(output_index)]
+    elif isinstance(output, (tuple, list)):
+        output = output[int(output_index)]
+    if not isinstance(output, torch.Tensor):
+        raise TargetError(f"The selected model output is a {type(output).__name__}, not a tensor; use output_index.")
+    return output
+
+
+def _as_targets(target_category: Any, output: torch.Tensor) -> list[Target]:
+    n = output.shape[0]
+    if target_category is None:
+        if output.ndim != 2:
+            raise TargetError(
+                f"target_category=None picks the top class of a classifier output (N, classes); this output has "
+                f"shape {tuple(output.shape)}. Pass one target per sample."
+            )
+        top = output.detach().argmax(dim=1)
+        return [ClassifierOutputTarget(top[i]) for i in range(n)]
+    if isinstance(target_category, (int, np.integer)):
+        return [ClassifierOutputTarget(int(target_category)) for _ in range(n)]
+    items = list(target_category)
+    if len(items) != n:
+        raise TargetError(f"Got {len(items)} targets for a batch of {n} samples: pass one per sample.")
+    return [t if callable(t) else ClassifierOutputTarget(int(t)) for t in items]
+
+
+def guided_backprop(
+    model: nn.Module,
+    input_tensor: torch.Tensor,
+    targets: Sequence[Target] | int | None = None,
+    output_index: int | str = 0,
+    eval_mode: bool = True,
+) -> torch.Tensor:
+    """Guided-backpropagation gradient of each sample's target score with respect to its input.
+
+    Args:
+        model: any module; rectifier modules are guided through hooks.
+        input_tensor: ``(N, C, *S)``, any number of spatial axes.
+        targets: one callable per sample (as for the CAM methods), a class index for all samples,
+            or ``None`` for the top class of a classifier output.
+        output_index: element of a tuple/list/dict output holding the logits.
+        eval_mode: run the model in eval mode (restored afterwards).
+
+    Returns:
+        ``(N, C, *S)`` gradient image on the model's device (detached). The model's flags,
+        ``requires_grad`` and hooks are restored, also when this raises.
+    """
+    if not isinstance(input_tensor, torch.Tensor) or input_tensor.ndim < 3:
+        raise InputShapeError("input_tensor must be a tensor (N, C, *spatial).")
+    device = model_device(model, input_tensor.device)
+    state = _ModelState(model, eval_mode, freeze_parameters=True)
+    try:
+        with torch.enable_grad():
+            x = input_tensor.detach().to(device).requires_grad_(True)
+            with GuidedBackpropHooks(model):
+                output = _select(model(x), output_index)
+                target_list = _as_targets(targets, output)
+                score = torch.stack([torch.as_tensor(t(output[i])).sum() for i, t in enumerate(target_list)]).sum()
+                (grad,) = torch.autograd.grad(score, x)
+        return grad.detach()
+    finally:
+        state.restore()
+
+
+class GuidedBackpropReLUModel:
+    """pytorch-grad-cam's guided-backpropagation entry point, N-D and batched.
+
+    ``GuidedBackpropReLUModel(model, device)(input_img, target_category=None)`` returns the guided
+    gradient as a float32 numpy array ``(N, C, *S)`` (pytorch-grad-cam returns ``(H, W, C)`` for
+    one 2D image; use ``np.moveaxis(result[0], 0, -1)`` for that layout). ``device`` moves the
+    model there when given.
+    """
+
+    def __init__(self, model: nn.Module, device: str | torch.device | None = None) -> None:
+        self.model = model.to(device) if device is not None else model
+        self.device = model_device(self.model)
+
+    def forward(self, input_img: torch.Tensor) -> torch.Tensor:
+        return self.model(input_img)
+
+    def __call__(self, input_img: torch.Tensor, target_category: Any = None) -> np.ndarray:
+        grad = guided_backprop(self.model, input_img.to(self.device), target_category)
+        return grad.to("cpu", torch.float32).numpy()
+
+
+class GuidedGradCAM(GradCAM):
+    """Guided Grad-CAM (Selvaraju et al., 2017): guided backpropagation × the Grad-CAM map, N-D.
+
+    ``channel_reduction="abs-sum"`` (default) returns ``(N, *S)``: ``Σ_c |guided_c| · CAM``,
+    min-max normalised per sample like every map (unless ``normalize=False``).
+    ``channel_reduction=None`` returns the signed ``(N, C, *S)`` product ``guided · CAM`` (not
+    normalised). ``CAMResult.layer_maps`` hold the Grad-CAM maps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[LayerSpec] | LayerSpec,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *args: Any,
+        channel_reduction: Literal["abs-sum"] | None = "abs-sum",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
+        if channel_reduction not in ("abs-sum", None):
+            raise ValueError(f"channel_reduction must be 'abs-sum' or None, got {channel_reduction!r}.")
+        self.channel_reduction = channel_reduction
+
+    def compute(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Target] | None = None,
+        *,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+        normalize: bool | None = None,
+    ) -> CAMResult:
+        normalize = self.normalize if normalize is None else normalize
+        result = super().compute(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, normalize=normalize)
+        target_list = list(targets) if targets is not None else self.default_targets(result.output)
+        guided = guided_backprop(
+            self.model, self._check_input(input_tensor), target_list, self.output_index, self.eval_mode
+        )
+        product = guided * result.maps.unsqueeze(1).to(guided.dtype)
+        if self.channel_reduction == "abs-sum":
+            reduced = product.abs().sum(dim=1)
+            result.maps = minmax_normalize(reduced) if normalize else reduced
+        else:
+            result.maps = product
+        return result

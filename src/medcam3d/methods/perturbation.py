@@ -1,0 +1,244 @@
+"""Perturbation methods: ScoreCAM and AblationCAM, batched under a memory budget, N-D.
+
+Both run extra forward passes of the model under ``torch.no_grad``: one per (sample, channel)
+pair, stacked into chunks whose size follows ``batch_memory_bytes`` (or a fixed ``batch_size``).
+A chunk mixes samples of the batch, and each row's score is its own sample's target applied to
+its own output row. AblationCAM removes channels with a forward hook on the target layer that
+returns the modified output; the hook is removed in ``finally``, so the model is unchanged even
+when a chunk raises (out of memory, interrupted).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from medcam3d.core.base import BaseCAM
+from medcam3d.core.layers import LayerSpec
+from medcam3d.core.tensors import resize_maps, spatial_mean
+
+__all__ = ["ScoreCAM", "AblationCAM", "PerturbationCAM", "DEFAULT_BATCH_MEMORY_BYTES"]
+
+logger = logging.getLogger(__name__)
+
+#: default memory budget of one chunk of perturbed forward passes (1 GiB)
+DEFAULT_BATCH_MEMORY_BYTES = 1 << 30
+
+
+class PerturbationCAM(BaseCAM):
+    """Shared machinery of the perturbation methods (not a method itself).
+
+    Args (besides :class:`~medcam3d.core.base.BaseCAM`'s):
+        batch_memory_bytes: memory budget of one chunk of perturbed forward passes, in bytes
+            (default 1 GiB). The chunk size is the budget divided by an estimate of one sample's
+            forward-pass memory (input + twice the largest layer output, measured by one probe
+            forward of a single sample).
+        batch_size: a fixed chunk size instead of the budget (pytorch-grad-cam's setting).
+        top_k_channels: perturb only the ``k`` channels with the largest mean activation of each
+            sample (the others get weight 0), to bound the cost to ``N × k`` forward passes.
+        progress: show a tqdm bar over chunks (``False`` silences it).
+    """
+
+    uses_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[LayerSpec] | LayerSpec,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *args: Any,
+        batch_memory_bytes: int = DEFAULT_BATCH_MEMORY_BYTES,
+        batch_size: int | None = None,
+        top_k_channels: int | None = None,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
+        if batch_memory_bytes <= 0:
+            raise ValueError(f"batch_memory_bytes must be positive, got {batch_memory_bytes}.")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}.")
+        if top_k_channels is not None and top_k_channels < 1:
+            raise ValueError(f"top_k_channels must be a positive integer or None, got {top_k_channels}.")
+        self.batch_memory_bytes = int(batch_memory_bytes)
+        self.batch_size = batch_size
+        self.top_k_channels = top_k_channels
+        self.progress = progress
+        self._probe_cache: dict[tuple[int, ...], int] = {}
+
+    # ------------------------------------------------------------------ chunking
+    def _sample_forward_bytes(self, sample: torch.Tensor) -> int:
+        """Estimated memory of a no-grad forward pass of one sample ``(1, C, *S)``, in bytes."""
+        key = tuple(sample.shape)
+        if key in self._probe_cache:
+            return self._probe_cache[key]
+        largest = [0]
+
+        def record(module: nn.Module, inputs: object, output: object) -> None:
+            if isinstance(output, torch.Tensor):
+                largest[0] = max(largest[0], output.numel() * output.element_size())
+
+        handles = [m.register_forward_hook(record) for m in self.model.modules() if not list(m.children())]
+        try:
+            with torch.no_grad():
+                self.model(sample)
+        finally:
+            for handle in handles:
+                handle.remove()
+        estimate = 2 * sample.numel() * sample.element_size() + 2 * largest[0]
+        self._probe_cache[key] = estimate
+        return estimate
+
+    def chunk_size(self, sample: torch.Tensor) -> int:
+        """Perturbed forward passes per chunk: ``batch_size`` if set, else budget / per-sample estimate."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        per_sample = max(1, self._sample_forward_bytes(sample))
+        return max(1, self.batch_memory_bytes // per_sample)
+
+    def channel_selection(self, activations: torch.Tensor) -> torch.Tensor:
+        """``(N, k)`` indices of the channels to perturb for each sample (all, or the top-k by mean activation)."""
+        n, k = activations.shape[:2]
+        if self.top_k_channels is None or self.top_k_channels >= k:
+            return torch.arange(k, device=activations.device).expand(n, k)
+        return spatial_mean(activations).topk(self.top_k_channels, dim=1).indices.sort(dim=1).values
+
+    def _chunks(self, jobs: int, size: int, what: str) -> Iterator[tuple[int, int]]:
+        starts = range(0, jobs, size)
+        bar = tqdm(starts, desc=what, unit="chunk", disable=not self.progress, leave=False)
+        for start in bar:
+            yield start, min(start + size, jobs)
+
+    def _row_scores(
+        self,
+        raw_output: Any,
+        targets: Sequence[Callable[[torch.Tensor], Any]],
+        samples: torch.Tensor,
+        transform: bool = True,
+    ) -> torch.Tensor:
+        """Score of each row of a perturbed batch: ``targets[samples[r]](output[r])`` → ``(B,)``."""
+        output = self._select_output(raw_output)
+        ctx = self.context
+        if transform and ctx is not None and ctx.output_transform is not None:
+            output = ctx.output_transform(output)
+        scores = []
+        for row, sample in enumerate(samples.tolist()):
+            value = targets[sample](output[row])
+            value = torch.as_tensor(value, device=output.device, dtype=output.dtype)
+            scores.append(value.sum())
+        return torch.stack(scores).to(torch.float32)
+
+
+class ScoreCAM(PerturbationCAM):
+    """Score-CAM (Wang et al., 2020): each channel weighted by the score of the input masked with it.
+
+    For channel ``k`` of sample ``i``: ``M_k`` = the activation ``A_k`` resized to the input
+    (linear interpolation, N-D) and min-max scaled to [0, 1]; ``s_k = target_i(model(x_i ⊙ M_k))``;
+    weights ``w = softmax_k(s)`` (channels left out by ``top_k_channels`` get 0). ``(N, K, *s)``
+    → weights ``(N, K)``. Costs one forward pass per (sample, channel); see
+    :class:`PerturbationCAM` for chunking and the memory budget.
+    """
+
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        ctx = self.context
+        assert ctx is not None
+        x = ctx.input_tensor
+        n, k = activations.shape[:2]
+        selected = self.channel_selection(activations)  # (N, k')
+        chosen = selected.shape[1]
+        samples = torch.arange(n, device=x.device).repeat_interleave(chosen)
+        channels = selected.reshape(-1)
+        size = self.chunk_size(x[:1])
+        scores = torch.empty(n * chosen, dtype=torch.float32, device=x.device)
+        spatial = tuple(x.shape[2:])
+        with torch.no_grad():
+            for start, stop in self._chunks(n * chosen, size, "ScoreCAM"):
+                rows_s, rows_c = samples[start:stop], channels[start:stop]
+                masks = resize_maps(activations[rows_s, rows_c].unsqueeze(1).float(), spatial)  # (B, 1, *S)
+                flat = masks.reshape(masks.shape[0], -1)
+                low = flat.min(dim=1).values
+                high = flat.max(dim=1).values
+                shape = (-1, *([1] * (masks.ndim - 1)))
+                masks = (masks - low.reshape(shape)) / (high - low + 1e-8).reshape(shape)
+                perturbed = x[rows_s] * masks.to(x.dtype)
+                scores[start:stop] = self._row_scores(self.model(perturbed), ctx.targets, rows_s)
+        weights = torch.zeros(n, k, dtype=torch.float32, device=x.device)
+        weights.scatter_(1, selected, torch.softmax(scores.reshape(n, chosen), dim=1))
+        return weights.to(activations.dtype)
+
+
+class AblationCAM(PerturbationCAM):
+    """Ablation-CAM (Desai & Ramaswamy, 2020): channel weight = relative drop of the score when the
+    channel is removed, ``w_k = (y − y_k) / y``.
+
+    ``y`` is the target score of the unmodified model, ``y_k`` the score with channel ``k`` of
+    the target layer set to ``ablation_value`` (0, as the paper) by a forward hook on that layer.
+    Channels left out by ``top_k_channels`` get weight 0. With a ``reshape_transform``
+    (transformer tokens), the channel axis of the layer's raw output is taken to be its last
+    axis. ``(N, K, *s)`` → weights ``(N, K)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[LayerSpec] | LayerSpec,
+        reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *args: Any,
+        ablation_value: float = 0.0,
+        ratio_channels_to_ablate: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
+        if not 0.0 < ratio_channels_to_ablate <= 1.0:
+            raise ValueError(f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate}.")
+        self.ablation_value = float(ablation_value)
+        self.ratio_channels_to_ablate = ratio_channels_to_ablate
+
+    def channel_selection(self, activations: torch.Tensor) -> torch.Tensor:
+        if self.ratio_channels_to_ablate < 1.0 and self.top_k_channels is None:
+            k = max(1, math.ceil(activations.shape[1] * self.ratio_channels_to_ablate))
+            return spatial_mean(activations).topk(k, dim=1).indices.sort(dim=1).values
+        return super().channel_selection(activations)
+
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        ctx = self.context
+        assert ctx is not None
+        x = ctx.input_tensor
+        n, k = activations.shape[:2]
+        original = self._row_scores(ctx.output, ctx.targets, torch.arange(n, device=x.device), transform=False)
+        selected = self.channel_selection(activations)
+        chosen = selected.shape[1]
+        samples = torch.arange(n, device=x.device).repeat_interleave(chosen)
+        channels = selected.reshape(-1)
+        size = self.chunk_size(x[:1])
+        scores = torch.empty(n * chosen, dtype=torch.float32, device=x.device)
+        current: dict[str, torch.Tensor] = {}
+        channel_axis = -1 if self.reshape_transform is not None else 1
+        value = self.ablation_value
+
+        def ablate(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+            rows = torch.arange(output.shape[0], device=output.device)
+            out = output.movedim(channel_axis, 1).clone()
+            out[rows, current["channels"]] = value
+            return out.movedim(1, channel_axis)
+
+        handle = ctx.layer.register_forward_hook(ablate)
+        try:
+            with torch.no_grad():
+                for start, stop in self._chunks(n * chosen, size, "AblationCAM"):
+                    rows_s = samples[start:stop]
+                    current["channels"] = channels[start:stop]
+                    scores[start:stop] = self._row_scores(self.model(x[rows_s]), ctx.targets, rows_s)
+        finally:
+            handle.remove()
+        ablated = torch.zeros(n, k, dtype=torch.float32, device=x.device) + original[:, None]
+        ablated.scatter_(1, selected, scores.reshape(n, chosen))
+        denominator = torch.where(original.abs() < 1e-12, torch.full_like(original, 1e-12), original)
+        weights = (original[:, None] - ablated) / denominator[:, None]
+        return weights.to(activations.dtype)
