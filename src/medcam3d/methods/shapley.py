@@ -24,12 +24,28 @@ class ShapleyCAM(BaseCAM):
     create_graph = True
 
     def weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        ctx = self.context
+        if ctx is None or ctx.layer_name == self.layer_names[0]:
+            self._graphs: list[tuple[torch.Tensor, torch.Tensor]] = []
         hvp: torch.Tensor | None = None
         if grads.requires_grad and activations.requires_grad:
             (hvp,) = torch.autograd.grad(
                 grads, activations, grad_outputs=activations.detach(), retain_graph=True, allow_unused=True
             )
+            self._graphs.append((grads, activations))
+        if ctx is None or ctx.layer_name == self.layer_names[-1]:
+            self._release_graphs()
         grads = grads.detach()
         if hvp is None:
             return spatial_mean(grads)
         return spatial_mean(grads - 0.5 * hvp.detach())
+
+    def _release_graphs(self) -> None:
+        """Run one last backward pass without ``retain_graph`` through every second-order graph of
+        this call, which frees their saved tensors (a ``create_graph`` graph is not always freed
+        by dropping the references alone)."""
+        graphs, self._graphs = getattr(self, "_graphs", []), []
+        if graphs:
+            torch.autograd.grad(
+                [g.sum() for g, _ in graphs], [a for _, a in graphs], allow_unused=True, retain_graph=False
+            )
