@@ -33,7 +33,7 @@ class TinyResNet(nn.Module):
         self.layer3 = nn.Sequential(Block(ndim, 2 * width, 2 * width, 1))
         self.layer4 = nn.Sequential(Block(ndim, 2 * width, 4 * width, 2), Block(ndim, 4 * width, 4 * width, 1))
         self.fc = nn.Linear(4 * width, num_classes)
-        self.unused = nn.Conv3d(1, 1, 1)  # never called in forward
+        self.unused = CONV[ndim](1, 1, 1)  # never called in forward
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))

@@ -83,6 +83,12 @@ class CallContext:
     output_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
+def _first_conv_rank(model: nn.Module) -> int | None:
+    """Spatial rank shared by all the model's convolutions (None if none, or if ranks are mixed)."""
+    ranks = {len(m.kernel_size) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)}
+    return ranks.pop() if len(ranks) == 1 else None
+
+
 def model_device(model: nn.Module, fallback: torch.device | None = None) -> torch.device:
     """The device of the model's first parameter or buffer (``fallback`` or CPU if it has none)."""
     for parameter in model.parameters():
@@ -183,6 +189,7 @@ class BaseCAM:
         self.outputs: torch.Tensor | None = None
         self.context: CallContext | None = None
         self._input: torch.Tensor | None = None
+        self._expected_spatial_rank = _first_conv_rank(model)
 
     # ------------------------------------------------------------------ device
     @property
@@ -269,6 +276,14 @@ class BaseCAM:
             raise InputShapeError(
                 f"input_tensor must be (N, C, *spatial) with 1 to 3 spatial axes — (N, C, D, H, W) for a "
                 f"volume, (N, C, H, W) for an image — but has shape {tuple(input_tensor.shape)}.{hint}"
+            )
+        expected = self._expected_spatial_rank
+        if expected is not None and input_tensor.ndim - 2 != expected:
+            names = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+            raise InputShapeError(
+                f"The model's convolutions have {expected} spatial axes, so input_tensor must be "
+                f"{names[expected]}, but it has shape {tuple(input_tensor.shape)}. For a single "
+                f"{'volume' if expected == 3 else 'image'} add the batch and channel axes, e.g. x[None, None]."
             )
         if input_tensor.shape[0] == 0 or any(s == 0 for s in input_tensor.shape[1:]):
             raise InputShapeError(f"input_tensor has an empty axis: shape {tuple(input_tensor.shape)}.")
