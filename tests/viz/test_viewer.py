@@ -121,11 +121,12 @@ def test_viewer_renders_overlay_in_headless_chromium(tmp_path: Path) -> None:
     result = subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--dump-dom",
          page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, timeout=120,
     )  # fmt: skip
     shutil.rmtree(profile, ignore_errors=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    dom = result.stdout
+    stderr = result.stderr.decode("utf-8", errors="replace")  # Chromium's log is not always valid UTF-8
+    assert result.returncode == 0, stderr[-2000:]
+    dom = result.stdout.decode("utf-8", errors="replace")
     errors = re.search(r'<pre id="errors">(.*?)</pre>', dom, re.S)
     assert errors is not None and errors.group(1).strip() == "", errors.group(1) if errors else dom[-2000:]
     assert re.search(r'<body[^>]*data-state="ready"', dom), re.search(r"<body[^>]*>", dom)

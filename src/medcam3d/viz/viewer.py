@@ -67,13 +67,19 @@ def _load(source: Any, what: str) -> tuple[np.ndarray, Any, str]:
         while array.ndim > 3 and array.shape[0] == 1:
             array = array[0]
         return array, source[1], f"{what} array"
+    if hasattr(source, "dataobj") or type(source).__module__.startswith("SimpleITK"):  # nibabel / SimpleITK image
+        from medcam3d.io import read_image
+
+        array, geometry = read_image(source)
+        return array, geometry, f"{what} ({type(source).__name__})"
     if hasattr(source, "detach") or isinstance(source, np.ndarray):
         array = np.asarray(source.detach().cpu().numpy() if hasattr(source, "detach") else source)
         while array.ndim > 3 and array.shape[0] == 1:
             array = array[0]
         return array, None, f"{what} array"
     raise ConfigurationError(
-        f"The {what} must be a file path, an (array, Geometry) pair or an array, got {type(source).__name__}."
+        f"The {what} must be a file path, an (array, Geometry) pair, a SimpleITK or nibabel image, or an array; "
+        f"got {type(source).__name__}."
     )
 
 
