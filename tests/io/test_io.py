@@ -213,6 +213,14 @@ def test_unreadable_and_corrupt_files(tmp_path: Path) -> None:
     (tmp_path / "truncated.nii").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputFileError, match="truncated"):
         read_image(tmp_path / "truncated.nii")
+    # a valid gzip file of two members (as pigz may write) is not mistaken for a truncated one
+    import gzip
+
+    raw = (tmp_path / "full.nii").read_bytes()
+    (tmp_path / "two.nii.gz").write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "two.nii.gz")[0], read_image(tmp_path / "full.nii")[0]
+    )
     for ending in (".nii.gz", ".mha", ".nrrd"):  # compressed files cut short
         sitk.WriteImage(image, str(tmp_path / f"full{ending}"), True)
         data = (tmp_path / f"full{ending}").read_bytes()

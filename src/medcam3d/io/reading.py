@@ -122,16 +122,11 @@ def _check_nifti_complete(path: Path) -> None:
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return
-    opener: Any = gzip.open if name.endswith(".gz") else open
+    compressed = name.endswith(".gz")
+    opener: Any = gzip.open if compressed else open
     try:
         with opener(path, "rb") as stream:
             header = stream.read(540)
-            total = len(header)
-            if name.endswith(".gz"):
-                while chunk := stream.read(1 << 22):
-                    total += len(chunk)
-            else:
-                total = path.stat().st_size
     except (OSError, EOFError) as exc:
         raise InputFileError(f"Could not read {path}: {exc}. The file is corrupt or truncated.") from exc
     if len(header) < 348:
@@ -154,7 +149,22 @@ def _check_nifti_complete(path: Path) -> None:
         return  # not a NIfTI header we know: let SimpleITK judge
     n_dims = max(0, min(int(dims[0]), 7))
     voxels = int(np.prod([max(int(d), 1) for d in dims[1 : n_dims + 1]], dtype=np.int64))
-    expected = max(offset, 348) + voxels * max(int(bitpix), 8) // 8
+    expected = max(offset, sizeof_hdr) + (voxels * max(int(bitpix), 1) + 7) // 8
+    if not compressed:
+        total = path.stat().st_size
+    else:
+        # fast path: a complete single-member gzip file ends with the uncompressed size (mod 2**32)
+        with open(path, "rb") as raw:
+            raw.seek(-4, os.SEEK_END)
+            if struct.unpack("<I", raw.read(4))[0] == expected % 2**32:
+                return
+        total = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    total += len(chunk)
+        except (OSError, EOFError) as exc:
+            raise InputFileError(f"Could not read {path}: {exc}. The file is corrupt or truncated.") from exc
     if total < expected:
         raise InputFileError(
             f"{path} is truncated: its header describes {expected} bytes but the file holds {total}. "
