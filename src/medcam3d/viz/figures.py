@@ -638,10 +638,9 @@ def save_slice_pngs(
         the written paths, in slice order. If any of them exists and ``overwrite`` is false, nothing
         is written (:class:`~medcam3d.errors.OutputPathError`); files appear only once all rendered.
     """
-    mpl = _matplotlib()
+    _matplotlib()
     import matplotlib.image
 
-    del mpl
     img, heat = _pair(image, cam)
     if axis not in (0, 1, 2):
         raise ConfigurationError(f"axis must be 0 (z), 1 (y) or 2 (x), got {axis}.")

@@ -67,7 +67,7 @@ def _load(source: Any, what: str) -> tuple[np.ndarray, Any, str]:
         while array.ndim > 3 and array.shape[0] == 1:
             array = array[0]
         return array, source[1], f"{what} array"
-    if hasattr(source, "dataobj") or type(source).__module__.startswith("SimpleITK"):  # nibabel / SimpleITK image
+    if hasattr(source, "dataobj") or type(source).__module__.startswith("SimpleITK"):  # nibabel/SimpleITK
         from medcam3d.io import read_image
 
         array, geometry = read_image(source)
