@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from helpers_models import TinyResNet
 
-from medcam3d import EigenCAM, EigenGradCAM, GradCAM, KPCA_CAM
+from helpers_models import TinyResNet
+from medcam3d import KPCA_CAM, EigenCAM, EigenGradCAM, GradCAM
 from medcam3d.core.projection import first_component_projection
 from medcam3d.methods.eigen import kernel_pca_projection
 from medcam3d.utils.model_targets import ClassifierOutputTarget

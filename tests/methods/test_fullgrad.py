@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from helpers_models import TinyResNet, TinySegNet
 
+from helpers_models import TinyResNet, TinySegNet
 from medcam3d import FullGrad
 from medcam3d.methods.fullgrad import bias_layers
 from medcam3d.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget

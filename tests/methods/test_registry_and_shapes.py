@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers_models import TinyResNet, TinySegNet
 
 import medcam3d
+from helpers_models import TinyResNet, TinySegNet
 from medcam3d.cli import main as cli_main
 from medcam3d.errors import ConfigurationError
 from medcam3d.utils.model_targets import SemanticSegmentationTarget

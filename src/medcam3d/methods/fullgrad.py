@@ -126,7 +126,7 @@ class FullGrad(BaseCAM):
             assert module.bias is not None
             return module.bias.detach().float()[None]
         mean, var = self._norm_stats[id(module)]
-        eps = float(module.eps)
+        eps = float(getattr(module, "eps", 1e-5))
         weight = getattr(module, "weight", None)
         bias = getattr(module, "bias", None)
         gamma = weight.detach().float()[None] if weight is not None else torch.ones_like(mean)
