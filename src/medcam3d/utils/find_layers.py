@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from medcam3d.core.base import model_device
+from medcam3d.core.base import _first_conv_rank, model_device
 from medcam3d.core.layers import strip_compile_prefix
 from medcam3d.errors import InputShapeError, LayerNotFoundError
 
@@ -48,9 +48,11 @@ def _as_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> to
     else:
         shape = tuple(int(s) for s in input_shape)
         x = torch.zeros(shape)
-    if not 3 <= x.ndim <= 5:
+    expected = _first_conv_rank(model)
+    if not 3 <= x.ndim <= 5 or (expected is not None and x.ndim - 2 != expected):
         raise InputShapeError(
-            f"Give the full input shape (N, C, D, H, W) or (N, C, H, W); got {tuple(x.shape)}."
+            f"Give the full input shape, with batch and channel axes: (N, C, D, H, W) for a 3D model, "
+            f"(N, C, H, W) for a 2D one; got {tuple(x.shape)}."
         )
     return x.to(model_device(model), dtype=torch.float32)
 
