@@ -156,3 +156,34 @@ def test_viewer_renders_overlay_in_headless_chromium(tmp_path: Path) -> None:
     # overlay colour in each of the three planes (side by side in the multiplanar layout)
     per_third = [int((red | blue)[:, i * width // 3 : (i + 1) * width // 3].sum()) for i in range(3)]
     assert min(per_third) > 20, per_third
+
+
+def test_cli_dicom_folder_with_several_series(tmp_path: Path) -> None:
+    from medcam3d.errors import MultipleSeriesError
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for uid, n in (("1.2.826.0.1.3680043.2.1125.7", 3), ("1.2.826.0.1.3680043.2.1125.8", 4)):
+        for k in range(n):
+            sl = sitk.GetImageFromArray(np.full((6, 5), 10 * k, dtype=np.int16))
+            for tag, value in {"0008|0060": "MR", "0020|000e": uid, "0020|000d": "1.2.3", "0020|0013": str(k + 1),
+                               "0020|0032": f"0\\0\\{k}", "0020|0037": "1\\0\\0\\0\\1\\0"}.items():  # fmt: skip
+                sl.SetMetaData(tag, value)
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            writer.SetFileName(str(folder / f"{uid[-1]}_{k}.dcm"))
+            writer.Execute(sl)
+    cam = tmp_path / "cam.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 6, 5), np.float32)), str(cam))
+    parser = argparse.ArgumentParser(prog="medcam3d")
+    viewer_cli.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "v.html"
+    args = parser.parse_args(["view", str(folder), str(cam), "-o", str(out)])
+    with pytest.raises(MultipleSeriesError, match="--series"):
+        args.func(args)
+    assert not out.exists()
+    args = parser.parse_args(
+        ["view", str(folder), str(cam), "-o", str(out), "--series", "1.2.826.0.1.3680043.2.1125.8"]
+    )
+    assert args.func(args) == 0
+    assert embedded_data(out.read_text(encoding="utf-8"))["shapeXYZ"] == [5, 6, 4]

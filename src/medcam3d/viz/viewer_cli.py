@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
         "or LOW,HIGH (write --window=-100,300 when LOW is negative)",
     )
     p.add_argument(
+        "--series", default=None, help="Series Instance UID when IMAGE is a DICOM folder with several series"
+    )
+    p.add_argument(
         "--colormap", default="jet", help="overlay colormap (jet, hot, warm, plasma, viridis, ...)"
     )
     p.add_argument("--opacity", type=float, default=0.6, help="initial overlay opacity, 0..1 (default 0.6)")
@@ -63,10 +66,17 @@ def _window(text: str | None) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``medcam3d view``; returns the exit code."""
+    from pathlib import Path
+
     from medcam3d.viz.viewer import write_viewer
 
+    image: Any = args.image
+    if args.series is not None:
+        from medcam3d.io import read_image
+
+        image = read_image(args.image, series_uid=args.series)
     out = write_viewer(
-        args.image,
+        image,
         args.map,
         args.output,
         title=args.title,
@@ -75,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         colormap=args.colormap,
         opacity=args.opacity,
         threshold=args.threshold,
+        image_name=Path(args.image).name
+        if args.series is None
+        else f"{Path(args.image).name} ({args.series})",
     )
     logger.info("Open %s in a browser (it needs no network).", out)
     return 0
