@@ -8,7 +8,7 @@
 # a self-contained UMD bundle, dist/niivue.umd.js, which defines the global `niivue`), copies that
 # file into src/medcam3d/viz/assets/niivue/, writes VERSION.json (version, npm integrity, sha256)
 # and collects the licence texts of NiiVue and of every package bundled into it into
-# THIRD_PARTY_LICENSES.txt. Then run: pytest tests/viz/test_viewer.py
+# THIRD_PARTY_LICENSES.txt. Then run: pytest tests/viz/test_viz_viewer.py
 set -euo pipefail
 
 VERSION="${1:-0.69.0}"
