@@ -1,0 +1,477 @@
+"""Sliding-window CAM for volumes larger than the network's input.
+
+The volume is cut into overlapping patches (the step is a fraction of the patch size, as in
+nnU-Net), each patch is run through any CAM method, optionally mirrored for test-time
+augmentation (flip the input, compute, flip the map back), and the *raw* (not normalised)
+per-patch maps are accumulated with a Gaussian importance weight (σ = patch / 8, as nnU-Net).
+The sum is divided by the accumulated weight and normalised once at the end, so every patch
+is on one scale. Memory grows with the volume, not with the number of patches: only the
+accumulators ``(T, *S)`` and one patch at a time are held.
+
+Axis order: ``volume`` is ``(C, *S)`` (channels first, then the spatial axes in the order the
+model expects, e.g. ``(C, D, H, W)``); the maps are ``(T, *S)``, one per target.
+
+A patch may have one spatial axis fewer than the volume (a 2D network on a 3D volume, as
+nnU-Net's ``2d`` configuration): the patches then run over the slices along the first spatial
+axis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Union, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+from medcam3d.core.base import BaseCAM, model_device
+from medcam3d.errors import ConfigurationError, InputShapeError, TargetError
+
+__all__ = [
+    "PatchInfo",
+    "PatchTarget",
+    "SlidingState",
+    "SlidingWindowCAM",
+    "SlidingSegmentationTarget",
+    "compute_steps",
+    "gaussian_importance_map",
+    "mirror_combinations",
+    "patch_slicers",
+    "sliding_window_cam",
+]
+
+logger = logging.getLogger(__name__)
+
+Target = Callable[[torch.Tensor], torch.Tensor]
+Normalization = Literal["volume", "slice", "none"]
+
+
+# ---------------------------------------------------------------------------------- geometry
+def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], step_size: float) -> list[list[int]]:
+    """Patch start positions per axis.
+
+    The number of steps along an axis is the smallest that covers it with a step of at most
+    ``step_size * patch``; the steps are then spread evenly between 0 and ``image - patch``
+    (nnU-Net's rule). ``image_size`` must be at least ``patch_size`` on every axis.
+    """
+    if not 0 < step_size <= 1:
+        raise ConfigurationError(f"step_size must be in (0, 1] (a fraction of the patch size), got {step_size}.")
+    if len(image_size) != len(patch_size):
+        raise InputShapeError(f"image size {tuple(image_size)} and patch size {tuple(patch_size)} differ in rank.")
+    steps = []
+    for image, patch in zip(image_size, patch_size):
+        if image < patch:
+            raise InputShapeError(f"image size {tuple(image_size)} is smaller than the patch {tuple(patch_size)}.")
+        n = int(math.ceil((image - patch) / (patch * step_size))) + 1
+        if n == 1:
+            steps.append([0])
+        else:
+            spacing = (image - patch) / (n - 1)
+            steps.append([int(round(spacing * i)) for i in range(n)])
+    return steps
+
+
+def gaussian_importance_map(
+    patch_size: Sequence[int],
+    sigma_scale: float = 1.0 / 8,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """A Gaussian of σ = ``sigma_scale`` × patch per axis, centred at ``patch // 2``, maximum 1.
+
+    Shape ``patch_size``. Values further than 4σ from the centre (where the Gaussian is cut off)
+    are set to the smallest positive value, so no voxel gets zero weight.
+    """
+    profile: torch.Tensor | None = None
+    for size in patch_size:
+        sigma = max(size * sigma_scale, 1e-6)
+        coords = torch.arange(size, dtype=torch.float64) - (size // 2)
+        g = torch.exp(-0.5 * (coords / sigma) ** 2)
+        g[coords.abs() > int(4 * sigma + 0.5)] = 0.0
+        profile = g if profile is None else profile[..., None] * g
+    assert profile is not None
+    profile = profile / profile.max()
+    positive = profile[profile > 0]
+    profile = torch.where(profile > 0, profile, positive.min())
+    return profile.to(device=device, dtype=dtype)
+
+
+def mirror_combinations(axes: Sequence[int] | None) -> list[tuple[int, ...]]:
+    """Flip-axis combinations for mirroring TTA, the identity ``()`` first.
+
+    ``axes`` are spatial axes (0 = first spatial axis); e.g. ``(0, 1, 2)`` gives 8 combinations.
+    """
+    combos: list[tuple[int, ...]] = [()]
+    if axes:
+        axes = list(axes)
+        combos += [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
+    return combos
+
+
+def patch_slicers(
+    image_size: Sequence[int],
+    patch_size: Sequence[int],
+    step_size: float,
+    steps_fn: Callable[[Sequence[int], Sequence[int], float], Sequence[Sequence[int]]] | None = None,
+) -> list[tuple[slice | int, ...]]:
+    """Index tuples into a ``(C, *image_size)`` volume, one per patch.
+
+    When ``patch_size`` has one axis fewer than ``image_size``, each tuple also picks one slice
+    (an ``int``) along the first spatial axis. The order is the one nnU-Net uses (slices outer,
+    then the axes in order, the last axis innermost).
+    """
+    steps_fn = steps_fn or compute_steps
+    image_size = tuple(int(s) for s in image_size)
+    patch_size = tuple(int(p) for p in patch_size)
+    if len(patch_size) == len(image_size) - 1:
+        steps = steps_fn(image_size[1:], patch_size, step_size)
+        return [
+            (slice(None), d, *(slice(s, s + p) for s, p in zip(starts, patch_size)))
+            for d in range(image_size[0])
+            for starts in itertools.product(*steps)
+        ]
+    if len(patch_size) != len(image_size):
+        raise InputShapeError(
+            f"A patch of size {patch_size} does not fit a volume of spatial size {image_size}: the patch must "
+            "have as many axes as the volume, or one fewer (a 2D network on a 3D volume)."
+        )
+    steps = steps_fn(image_size, patch_size, step_size)
+    return [(slice(None), *(slice(s, s + p) for s, p in zip(starts, patch_size))) for starts in itertools.product(*steps)]
+
+
+# ---------------------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class PatchInfo:
+    """Where a patch lies: ``slicer`` indexes the padded ``(C, *S)`` volume; ``flip_axes`` are the
+    spatial axes of the patch (0 = first) mirrored for this forward pass."""
+
+    slicer: tuple[slice | int, ...]
+    flip_axes: tuple[int, ...]
+
+
+@runtime_checkable
+class PatchTarget(Protocol):
+    """A target defined on the whole volume, turned into a per-patch target."""
+
+    def for_patch(self, info: PatchInfo) -> Target: ...
+
+
+class SlidingSegmentationTarget:
+    """Seg-Grad-CAM target on the whole volume, class-specific.
+
+    ``mask=None``: in each patch, the ``category`` logit summed over the voxels that this
+    patch's forward pass predicts as ``category`` (the default, Seg-Grad-CAM). ``mask`` of the
+    volume's spatial shape ``(*S)``: the logit summed over the mask's non-zero voxels (e.g. the
+    ground truth), cropped to each patch and mirrored with it. ``whole_channel=True``: the
+    logit summed over the whole patch.
+    """
+
+    def __init__(self, category: int, mask: Any = None, whole_channel: bool = False) -> None:
+        if whole_channel and mask is not None:
+            raise TargetError("Give either a mask or whole_channel=True, not both.")
+        self.category = int(category)
+        self.mask = None if mask is None else torch.as_tensor(mask)
+        self.whole_channel = whole_channel
+        self._padded_mask: torch.Tensor | None = None
+
+    def _prepare(self, spatial: tuple[int, ...], pad: list[tuple[int, int]]) -> None:
+        if self.mask is None:
+            return
+        if tuple(self.mask.shape) != spatial:
+            raise TargetError(
+                f"The target mask has shape {tuple(self.mask.shape)} but the volume's spatial shape is {spatial}. "
+                "Resample the mask to the volume's grid first."
+            )
+        flat = [v for before_after in reversed(pad) for v in before_after]
+        mask = (self.mask != 0).to(torch.float32)
+        self._padded_mask = F.pad(mask, flat) if any(flat) else mask
+
+    def for_patch(self, info: PatchInfo) -> Target:
+        from medcam3d.utils.model_targets import SemanticSegmentationTarget
+
+        category = self.category
+        if self.whole_channel:
+
+            def whole(output: torch.Tensor) -> torch.Tensor:
+                if output.ndim < 2 or not -output.shape[0] <= category < output.shape[0]:
+                    raise TargetError(
+                        f"Target class {category} is not a channel of the output of shape {tuple(output.shape)}."
+                    )
+                return output[category].sum()
+
+            return whole
+        if self._padded_mask is None:
+            return SemanticSegmentationTarget(category, mask=None)
+        patch_mask = self._padded_mask[info.slicer[1:]]
+        if info.flip_axes:
+            patch_mask = torch.flip(patch_mask, info.flip_axes)
+        return SemanticSegmentationTarget(category, mask=patch_mask)
+
+
+# ---------------------------------------------------------------------------------- the engine
+@dataclass
+class SlidingState:
+    """Accumulators over patches (and over several runs, e.g. model folds), on ``device``.
+
+    ``map_sum`` ``(T, *P)``: Σ gaussian × raw map; ``weight`` ``(*P)``: Σ gaussian (once per
+    forward pass); ``P`` is the padded spatial shape; ``crop`` removes the padding.
+    """
+
+    map_sum: torch.Tensor
+    weight: torch.Tensor
+    crop: tuple[slice, ...]
+    pad: list[tuple[int, int]]
+    n_patches: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SlidingWindowCAM:
+    """Patch-wise CAM of a volume larger than the network's input.
+
+    Args:
+        cam: any CAM method instance (``GradCAM(model, target_layers=[...])`` …); its model
+            takes ``(N, C, *patch_size)``.
+        patch_size: the network's input size, ``len(patch_size)`` = number of spatial axes of the
+            volume, or one fewer for a 2D network on a 3D volume.
+        step_size: step between patches as a fraction of the patch (0.5 = half overlap).
+        mirror_axes: spatial axes of the patch to mirror for test-time augmentation (all
+            combinations, like nnU-Net), or ``None``.
+        gaussian: weight each patch by a Gaussian (σ = patch × ``sigma_scale``); ``False`` gives
+            uniform weights.
+        normalization: ``"volume"`` (min-max over the whole volume, default), ``"slice"`` (per
+            slice along the first spatial axis) or ``"none"`` (raw, comparable across cases).
+        progress: show a tqdm progress bar over patches.
+        steps_fn / gaussian_fn: replace the step rule / Gaussian (the nnU-Net integration passes
+            nnU-Net's own helpers).
+        autocast: run each forward pass under ``torch.autocast`` on CUDA (as nnU-Net does).
+    """
+
+    def __init__(
+        self,
+        cam: BaseCAM,
+        patch_size: Sequence[int],
+        step_size: float = 0.5,
+        mirror_axes: Sequence[int] | None = None,
+        gaussian: bool = True,
+        sigma_scale: float = 1.0 / 8,
+        normalization: Normalization = "volume",
+        progress: bool = True,
+        steps_fn: Callable[[Sequence[int], Sequence[int], float], Sequence[Sequence[int]]] | None = None,
+        gaussian_fn: Callable[[tuple[int, ...], torch.device], torch.Tensor] | None = None,
+        autocast: bool = False,
+    ) -> None:
+        if not isinstance(cam, BaseCAM):
+            raise ConfigurationError(f"cam must be a medcam3d CAM method instance, got {type(cam).__name__}.")
+        if normalization not in ("volume", "slice", "none"):
+            raise ConfigurationError(f"normalization must be 'volume', 'slice' or 'none', got {normalization!r}.")
+        if not 0 < step_size <= 1:
+            raise ConfigurationError(f"step_size must be in (0, 1], got {step_size}.")
+        self.cam = cam
+        self.patch_size = tuple(int(p) for p in patch_size)
+        if any(p < 1 for p in self.patch_size):
+            raise ConfigurationError(f"patch_size must be positive, got {self.patch_size}.")
+        if mirror_axes is not None and any(not 0 <= a < len(self.patch_size) for a in mirror_axes):
+            raise ConfigurationError(
+                f"mirror_axes {tuple(mirror_axes)} must be spatial axes of the patch (0..{len(self.patch_size) - 1})."
+            )
+        self.step_size = float(step_size)
+        self.mirror_axes = tuple(mirror_axes) if mirror_axes else None
+        self.use_gaussian = gaussian
+        self.sigma_scale = sigma_scale
+        self.normalization: Normalization = normalization
+        self.progress = progress
+        self.steps_fn = steps_fn
+        self.gaussian_fn = gaussian_fn
+        self.autocast = autocast
+
+    # -------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.cam.model)
+
+    def importance(self, device: torch.device) -> torch.Tensor:
+        """The ``(*patch_size)`` float32 weight of one patch."""
+        if not self.use_gaussian:
+            return torch.ones(self.patch_size, device=device)
+        if self.gaussian_fn is not None:
+            return self.gaussian_fn(self.patch_size, device).to(device=device, dtype=torch.float32)
+        return gaussian_importance_map(self.patch_size, self.sigma_scale, device=device)
+
+    def _padding(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
+        offset = len(spatial) - len(self.patch_size)
+        pad = [(0, 0)] * offset
+        for size, patch in zip(spatial[offset:], self.patch_size):
+            missing = max(patch - size, 0)
+            pad.append((missing // 2, missing - missing // 2))
+        return pad
+
+    def new_state(self, volume_shape: Sequence[int], n_targets: int) -> SlidingState:
+        """Empty accumulators for a ``(C, *S)`` volume and ``n_targets`` maps."""
+        spatial = tuple(int(s) for s in volume_shape[1:])
+        if len(self.patch_size) not in (len(spatial), len(spatial) - 1):
+            raise InputShapeError(
+                f"volume must be (C, *S) with {len(self.patch_size)} (or {len(self.patch_size) + 1}) spatial axes "
+                f"for a patch of size {self.patch_size}, got shape {tuple(volume_shape)}."
+            )
+        pad = self._padding(spatial)
+        padded = tuple(s + a + b for s, (a, b) in zip(spatial, pad))
+        crop = tuple(slice(a, a + s) for s, (a, _) in zip(spatial, pad))
+        device = self.device
+        return SlidingState(
+            map_sum=torch.zeros((n_targets, *padded), dtype=torch.float32, device=device),
+            weight=torch.zeros(padded, dtype=torch.float32, device=device),
+            crop=crop,
+            pad=pad,
+        )
+
+    def pad_volume(self, volume: torch.Tensor, pad: list[tuple[int, int]]) -> torch.Tensor:
+        """Zero-pad the spatial axes of a ``(C, *S)`` volume so that each is at least the patch."""
+        flat = [v for before_after in reversed(pad) for v in before_after]
+        return F.pad(volume, flat) if any(flat) else volume
+
+    def forward_patch(
+        self, patch: torch.Tensor, targets: list[Target], flip_axes: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward (and backward) pass on a ``(1, C, *patch)`` patch, mirrored along ``flip_axes``.
+
+        Returns the raw maps ``(T, *patch)`` and the model output ``(C_out, *patch)`` (first sample),
+        both flipped back to the patch's orientation.
+        """
+        dims = tuple(a + 2 for a in flip_axes)
+        x = torch.flip(patch, dims) if dims else patch
+        if len(targets) > 1:
+            x = x.expand(len(targets), *x.shape[1:])
+        context = torch.autocast(self.device.type) if (self.autocast and self.device.type == "cuda") else _null()
+        with context:
+            result = self.cam.compute(x, targets, normalize=False)
+        maps = result.maps.to(torch.float32)
+        output = result.output[0]
+        if dims:
+            maps = torch.flip(maps, tuple(a + 1 for a in flip_axes))
+            if output.ndim == patch.ndim - 1 and tuple(output.shape[1:]) == tuple(patch.shape[2:]):
+                output = torch.flip(output, tuple(a + 1 for a in flip_axes))
+        return maps, output
+
+    def on_patch_outputs(self, state: SlidingState, info_slicer: tuple[slice | int, ...],
+                         outputs: list[torch.Tensor], importance: torch.Tensor) -> None:
+        """Hook: the model outputs of one patch (one per mirror combination, flipped back).
+
+        The default does nothing; the nnU-Net integration accumulates the logits here.
+        """
+
+    # -------------------------------------------------------------- main loop
+    def accumulate(
+        self,
+        volume: torch.Tensor,
+        targets: Sequence[Target | PatchTarget],
+        state: SlidingState | None = None,
+        description: str | None = None,
+    ) -> SlidingState:
+        """Run every patch of ``volume`` ``(C, *S)`` and add the weighted raw maps to ``state``.
+
+        Call it several times with one ``state`` to average over model weights (folds), then
+        :meth:`finalize`.
+        """
+        from tqdm.auto import tqdm
+
+        if not isinstance(volume, torch.Tensor):
+            volume = torch.as_tensor(volume)
+        targets = list(targets)
+        if not targets:
+            raise TargetError("Give at least one target (e.g. SlidingSegmentationTarget(1)).")
+        if state is None:
+            state = self.new_state(tuple(volume.shape), len(targets))
+        elif state.map_sum.shape[0] != len(targets):
+            raise TargetError(f"The state holds {state.map_sum.shape[0]} maps but {len(targets)} targets were given.")
+        for t in targets:
+            prepare = getattr(t, "_prepare", None)
+            if prepare is not None:
+                prepare(tuple(volume.shape[1:]), state.pad)
+        device = self.device
+        padded = self.pad_volume(volume.to(torch.float32), state.pad)
+        slicers = patch_slicers(tuple(padded.shape[1:]), self.patch_size, self.step_size, self.steps_fn)
+        importance = self.importance(device)
+        combos = mirror_combinations(self.mirror_axes)
+        bar = tqdm(total=len(slicers), desc=description or "patches", disable=not self.progress, leave=False)
+        try:
+            for slicer in slicers:
+                patch = padded[slicer][None].to(device)
+                outputs = []
+                map_slicer = (slice(None), *slicer[1:])
+                for flip_axes in combos:
+                    info = PatchInfo(slicer, flip_axes)
+                    patch_targets = [t.for_patch(info) if isinstance(t, PatchTarget) else t for t in targets]
+                    maps, output = self.forward_patch(patch, patch_targets, flip_axes)
+                    state.map_sum[map_slicer] += maps * importance
+                    state.weight[slicer[1:]] += importance
+                    outputs.append(output)
+                self.on_patch_outputs(state, slicer, outputs, importance)
+                state.n_patches += 1
+                bar.update()
+        finally:
+            bar.close()
+        return state
+
+    def finalize(self, state: SlidingState) -> torch.Tensor:
+        """Weighted mean of the raw maps, padding removed, normalised once: ``(T, *S)`` float32."""
+        maps = state.map_sum / state.weight.clamp_min(torch.finfo(torch.float32).tiny)
+        maps = maps[(slice(None), *state.crop)]
+        return normalize_maps(maps, self.normalization)
+
+    def __call__(self, volume: torch.Tensor, targets: Sequence[Target | PatchTarget]) -> torch.Tensor:
+        """Maps ``(T, *S)`` (torch, on the model's device) of a ``(C, *S)`` volume, one per target."""
+        return self.finalize(self.accumulate(volume, targets))
+
+
+def normalize_maps(maps: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """Min-max normalise ``(T, *S)`` maps over the whole volume, per slice along the first spatial
+    axis, or not at all. A constant map becomes all zeros (never NaN)."""
+    if normalization == "none":
+        return maps
+    if normalization == "volume":
+        dims: tuple[int, ...] = tuple(range(1, maps.ndim))
+    elif normalization == "slice":
+        dims = tuple(range(2, maps.ndim))
+    else:  # pragma: no cover - validated earlier
+        raise ConfigurationError(f"Unknown normalization {normalization!r}.")
+    low = maps.amin(dim=dims, keepdim=True)
+    high = maps.amax(dim=dims, keepdim=True)
+    span = high - low
+    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def sliding_window_cam(
+    cam: BaseCAM,
+    volume: torch.Tensor,
+    patch_size: Sequence[int],
+    targets: Sequence[Target | PatchTarget] | int | None = None,
+    step_size: float = 0.5,
+    mirror_axes: Sequence[int] | None = None,
+    normalization: Normalization = "volume",
+    progress: bool = True,
+) -> torch.Tensor:
+    """One-call sliding-window CAM: maps ``(T, *S)`` of a ``(C, *S)`` volume.
+
+    ``targets`` may be an int (one class, Seg-Grad-CAM on the voxels each patch predicts as
+    that class), ``None`` (class 1) or a list of targets.
+    """
+    if targets is None:
+        targets = 1
+    target_list: list[Union[Target, PatchTarget]]
+    target_list = [SlidingSegmentationTarget(targets)] if isinstance(targets, int) else list(targets)
+    engine = SlidingWindowCAM(
+        cam, patch_size, step_size=step_size, mirror_axes=mirror_axes, normalization=normalization, progress=progress
+    )
+    return engine(volume, target_list)
