@@ -160,3 +160,13 @@ def test_model_restored_after_a_failing_chunk(method: type[PerturbationCAM]) -> 
     model.features[-1].fail_at = -1
     maps = cam(torch.randn(2, 1, 6, 10, 8), [ClassifierOutputTarget(0)] * 2)
     assert maps.shape == (2, 6, 10, 8)
+
+
+def test_scorecam_with_dead_channels_matches_hand_loop() -> None:
+    model = Split(3).eval()
+    with torch.no_grad():
+        model.features[2].bias[:3] = -100.0  # channels 0-2 are dead after the ReLU: constant masks
+    x = torch.randn(2, 1, *shape(3))
+    cam = ScoreCAM(model, [model.features], batch_size=2, progress=False)
+    ours = layer_weights(cam, x, [ClassifierOutputTarget(0), ClassifierOutputTarget(1)])
+    torch.testing.assert_close(ours, hand_scorecam_weights(model, x, [0, 1]), rtol=1e-4, atol=1e-6)

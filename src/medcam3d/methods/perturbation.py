@@ -1,6 +1,6 @@
 """Perturbation methods: ScoreCAM and AblationCAM, batched under a memory budget, N-D.
 
-Both run extra forward passes of the model under ``torch.no_grad``: one per (sample, channel)
+Both run extra forward passes of the model under ``torch.inference_mode``: one per (sample, channel)
 pair, stacked into chunks whose size follows ``batch_memory_bytes`` (or a fixed ``batch_size``).
 A chunk mixes samples of the batch, and each row's score is its own sample's target applied to
 its own output row. AblationCAM removes channels with a forward hook on the target layer that
@@ -78,6 +78,7 @@ class PerturbationCAM(BaseCAM):
         key = tuple(sample.shape)
         if key in self._probe_cache:
             return self._probe_cache[key]
+        # the probe runs the model once on one sample, with a hook on every leaf module
         largest = [0]
 
         def record(module: nn.Module, inputs: object, output: object) -> None:
@@ -86,7 +87,7 @@ class PerturbationCAM(BaseCAM):
 
         handles = [m.register_forward_hook(record) for m in self.model.modules() if not list(m.children())]
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 self.model(sample)
         finally:
             for handle in handles:
@@ -141,7 +142,8 @@ class ScoreCAM(PerturbationCAM):
     For channel ``k`` of sample ``i``: ``M_k`` = the activation ``A_k`` resized to the input
     (linear interpolation, N-D) and min-max scaled to [0, 1]; ``s_k = target_i(model(x_i ⊙ M_k))``;
     weights ``w = softmax_k(s)`` (channels left out by ``top_k_channels`` get 0). ``(N, K, *s)``
-    → weights ``(N, K)``. Costs one forward pass per (sample, channel); see
+    → weights ``(N, K)``. Costs one forward pass per (sample, channel) whose activation is not
+    constant (constant channels, e.g. dead ReLUs, all give the zero input: scored once); see
     :class:`PerturbationCAM` for chunking and the memory budget.
     """
 
@@ -154,20 +156,35 @@ class ScoreCAM(PerturbationCAM):
         chosen = selected.shape[1]
         samples = torch.arange(n, device=x.device).repeat_interleave(chosen)
         channels = selected.reshape(-1)
-        size = self.chunk_size(x[:1])
         scores = torch.empty(n * chosen, dtype=torch.float32, device=x.device)
-        spatial = tuple(x.shape[2:])
-        with torch.no_grad():
-            for start, stop in self._chunks(n * chosen, size, "ScoreCAM"):
-                rows_s, rows_c = samples[start:stop], channels[start:stop]
-                masks = resize_maps(activations[rows_s, rows_c].unsqueeze(1).float(), spatial)  # (B, 1, *S)
-                flat = masks.reshape(masks.shape[0], -1)
-                low = flat.min(dim=1).values
-                high = flat.max(dim=1).values
-                shape = (-1, *([1] * (masks.ndim - 1)))
-                masks = (masks - low.reshape(shape)) / (high - low + 1e-8).reshape(shape)
-                perturbed = x[rows_s] * masks.to(x.dtype)
-                scores[start:stop] = self._row_scores(self.model(perturbed), ctx.targets, rows_s)
+        # A constant channel (a dead ReLU channel, typically) gives the all-zero mask: every one of
+        # them scores target_i(model(0)), computed once instead of once per channel.
+        flat = activations.reshape(n, k, -1)
+        constant = (flat.amax(dim=2) <= flat.amin(dim=2))[samples, channels]
+        varying = (~constant).nonzero().squeeze(1)
+        with torch.inference_mode():
+            if bool(constant.any()):
+                zero_output = self._select_output(self.model(torch.zeros_like(x[:1])))
+                if ctx.output_transform is not None:
+                    zero_output = ctx.output_transform(zero_output)
+                zero_scores = torch.stack(
+                    [torch.as_tensor(ctx.targets[i](zero_output[0])).sum().float() for i in range(n)]
+                )
+                scores[constant] = zero_scores[samples[constant]]
+            if varying.numel():
+                size = self.chunk_size(x[:1])
+                spatial = tuple(x.shape[2:])
+                for start, stop in self._chunks(varying.numel(), size, "ScoreCAM"):
+                    jobs = varying[start:stop]
+                    rows_s, rows_c = samples[jobs], channels[jobs]
+                    masks = resize_maps(activations[rows_s, rows_c].unsqueeze(1).float(), spatial)  # (B, 1, *S)
+                    flat_masks = masks.reshape(masks.shape[0], -1)
+                    low = flat_masks.min(dim=1).values
+                    high = flat_masks.max(dim=1).values
+                    shape = (-1, *([1] * (masks.ndim - 1)))
+                    masks = (masks - low.reshape(shape)) / (high - low + 1e-8).reshape(shape)
+                    perturbed = x[rows_s] * masks.to(x.dtype)
+                    scores[jobs] = self._row_scores(self.model(perturbed), ctx.targets, rows_s)
         weights = torch.zeros(n, k, dtype=torch.float32, device=x.device)
         weights.scatter_(1, selected, torch.softmax(scores.reshape(n, chosen), dim=1))
         return weights.to(activations.dtype)
@@ -230,7 +247,7 @@ class AblationCAM(PerturbationCAM):
 
         handle = ctx.layer.register_forward_hook(ablate)
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 for start, stop in self._chunks(n * chosen, size, "AblationCAM"):
                     rows_s = samples[start:stop]
                     current["channels"] = channels[start:stop]
