@@ -40,6 +40,10 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterato
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp creates 0600; give the file the permissions a normal open() would
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
