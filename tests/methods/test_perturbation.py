@@ -170,3 +170,39 @@ def test_scorecam_with_dead_channels_matches_hand_loop() -> None:
     cam = ScoreCAM(model, [model.features], batch_size=2, progress=False)
     ours = layer_weights(cam, x, [ClassifierOutputTarget(0), ClassifierOutputTarget(1)])
     torch.testing.assert_close(ours, hand_scorecam_weights(model, x, [0, 1]), rtol=1e-4, atol=1e-6)
+
+
+class Tokens(nn.Module):
+    """A transformer-shaped 3D model: patch embedding → tokens (N, T, C) → a token MLP (target) → head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(8)
+        self.embed = nn.Conv3d(1, 6, 2, stride=2)
+        self.block = nn.Sequential(nn.Linear(6, 6), nn.GELU())
+        self.fc = nn.Linear(6, 3)
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(tokens.mean(dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(x).flatten(2).transpose(1, 2)))
+
+
+def test_ablationcam_ablates_token_channels_with_a_reshape_transform() -> None:
+    from medcam3d.utils.reshape_transforms import tokens_to_grid
+
+    model = Tokens().eval()
+    x = torch.randn(2, 1, 4, 6, 8)
+    cam = AblationCAM(model, [model.block], reshape_transform=lambda t: tokens_to_grid(t, (2, 3, 4)), progress=False)
+    ours = layer_weights(cam, x, [ClassifierOutputTarget(0), ClassifierOutputTarget(2)])
+    with torch.no_grad():
+        tokens = model.block(model.embed(x).flatten(2).transpose(1, 2))
+        expected = torch.zeros(2, 6)
+        for i, c in enumerate([0, 2]):
+            original = model.head(tokens[i : i + 1])[0, c]
+            for k in range(6):
+                ablated = tokens[i : i + 1].clone()
+                ablated[..., k] = 0
+                expected[i, k] = (original - model.head(ablated)[0, c]) / original
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)

@@ -91,7 +91,9 @@ def kernel_pca_projection(
     spatial = activations.shape[2:]
     voxels = math.prod(spatial)
     gamma = 1.0 / k if gamma is None else float(gamma)
-    x = activations.reshape(n, k, voxels).transpose(1, 2).to(torch.float64)
+    # float64 for the small eigenproblems, where the device has it (MPS does not)
+    precision = torch.float32 if activations.device.type == "mps" else torch.float64
+    x = activations.reshape(n, k, voxels).transpose(1, 2).to(precision)
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     x = x - x.mean(dim=1, keepdim=True)
     m = min(int(landmarks), voxels)
