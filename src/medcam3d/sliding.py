@@ -399,7 +399,7 @@ class SlidingWindowCAM:
         bar = tqdm(total=len(slicers), desc=description or "patches", disable=not self.progress, leave=False)
         try:
             for slicer in slicers:
-                patch = padded[slicer][None].to(device)
+                patch = torch.clone(padded[slicer][None], memory_format=torch.contiguous_format).to(device)
                 outputs = []
                 map_slicer = (slice(None), *slicer[1:])
                 for flip_axes in combos:

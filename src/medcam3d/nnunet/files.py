@@ -1,0 +1,174 @@
+"""Input grouping and float-map writing for the nnU-Net integration (nnunetv2 imported lazily)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcam3d._atomic import atomic_path
+from medcam3d.errors import ConfigurationError, InputFileError
+
+__all__ = ["Case", "group_input_files", "write_float_map", "strip_file_ending"]
+
+logger = logging.getLogger(__name__)
+
+
+class Case:
+    """One case to predict: its identifier and its channel files in channel order."""
+
+    def __init__(self, identifier: str, files: list[str]) -> None:
+        self.identifier = identifier
+        self.files = files
+
+    def __repr__(self) -> str:
+        return f"Case({self.identifier!r}, {self.files!r})"
+
+
+def strip_file_ending(name: str, file_ending: str) -> str:
+    return name[: -len(file_ending)] if name.endswith(file_ending) else name
+
+
+def _channel_split(name: str, file_ending: str) -> tuple[str, int] | None:
+    """``case_0001.nii.gz`` → ``("case", 1)``; None if the name does not follow nnU-Net's pattern."""
+    if not name.endswith(file_ending):
+        return None
+    stem = name[: -len(file_ending)]
+    if len(stem) < 6 or stem[-5] != "_" or not stem[-4:].isdigit():
+        return None
+    return stem[:-5], int(stem[-4:])
+
+
+def group_input_files(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    file_ending: str,
+    num_channels: int,
+) -> list[Case]:
+    """Group nnU-Net-style files (``<case>_0000<ending>``, ``<case>_0001<ending>``, …) into cases.
+
+    ``inputs``: a folder (every case in it, as ``nnUNetv2_predict -i`` does, using nnU-Net's own
+    identifier and grouping helpers), one file of a case (its sibling channel files are found), or
+    a list of files. Every case must have exactly the channels ``0 .. num_channels-1``; a missing
+    or extra channel file raises :class:`InputFileError` before any work is done.
+    """
+    from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
+
+    if isinstance(inputs, (str, os.PathLike)):
+        items = [Path(inputs)]
+    else:
+        items = [Path(p) for p in inputs]
+    if not items:
+        raise InputFileError("No input files were given.")
+    cases: dict[str, Case] = {}
+    for item in items:
+        if item.is_dir():
+            folder_files = sorted(f.name for f in item.iterdir() if f.is_file() and f.name.endswith(file_ending))
+            identifiers = list(get_identifiers_from_splitted_dataset_folder(str(item), file_ending))
+            if not identifiers:
+                raise InputFileError(
+                    f"The input folder {item} has no files named <case>_0000{file_ending} (the model's dataset uses "
+                    f"the file ending {file_ending!r} and nnU-Net's channel suffixes _0000, _0001, ...)."
+                )
+            for identifier in identifiers:
+                files = create_paths_fn(str(item), folder_files, file_ending, identifier)
+                cases[str(item / identifier)] = Case(str(identifier), sorted(files))
+        elif item.is_file():
+            split = _channel_split(item.name, file_ending)
+            if split is None:
+                raise InputFileError(
+                    f"Input file {item} is not named <case>_XXXX{file_ending} (nnU-Net's naming, XXXX the 4-digit "
+                    f"channel index, {file_ending!r} the dataset's file ending)."
+                )
+            identifier, _ = split
+            key = str(item.parent / identifier)
+            if key in cases:
+                continue
+            siblings = sorted(
+                f.name for f in item.parent.iterdir() if f.is_file() and f.name.endswith(file_ending)
+            )
+            files = create_paths_fn(str(item.parent), siblings, file_ending, identifier)
+            cases[key] = Case(identifier, sorted(files))
+        else:
+            raise InputFileError(f"Input {item} does not exist.")
+    result = list(cases.values())
+    for case in result:
+        found = {}
+        for f in case.files:
+            split = _channel_split(Path(f).name, file_ending)
+            assert split is not None
+            found[split[1]] = f
+        missing = [c for c in range(num_channels) if c not in found]
+        extra = sorted(c for c in found if c >= num_channels)
+        if missing:
+            names = ", ".join(f"{case.identifier}_{c:04d}{file_ending}" for c in missing)
+            raise InputFileError(
+                f"Case {case.identifier!r} lacks channel file(s) {names}: the model expects {num_channels} "
+                f"channel(s) (_0000 to _{num_channels - 1:04d})."
+            )
+        if extra:
+            raise InputFileError(
+                f"Case {case.identifier!r} has channel file(s) {extra} beyond the model's {num_channels} channel(s)."
+            )
+        case.files = [found[c] for c in range(num_channels)]
+    return sorted(result, key=lambda c: c.identifier)
+
+
+def write_float_map(
+    array: np.ndarray,
+    path: str | os.PathLike[str],
+    properties: dict[str, Any],
+    reader_writer: Any,
+) -> Path:
+    """Write a float32 map ``array`` (nnU-Net's array order for this reader-writer, i.e. the
+    order ``read_images`` returns: ``(z, y, x)`` for SimpleITK, transposed for nibabel) with the
+    input image's exact geometry taken from ``properties``.
+
+    The geometry handling follows each reader-writer's own ``write_seg`` (which cannot be used
+    because it casts to integers). Written atomically.
+    """
+    from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    final = Path(path)
+    rw_class = reader_writer if isinstance(reader_writer, type) else type(reader_writer)
+    with atomic_path(final) as tmp:
+        if issubclass(rw_class, SimpleITKIO):
+            import SimpleITK as sitk
+
+            stuff = properties["sitk_stuff"]
+            data = array[0] if len(stuff["spacing"]) == 2 else array
+            image = sitk.GetImageFromArray(data)
+            image.SetSpacing(stuff["spacing"])
+            image.SetOrigin(stuff["origin"])
+            image.SetDirection(stuff["direction"])
+            if "original_orientation" in stuff:  # SimpleITKIOWithReorient
+                image = sitk.DICOMOrient(image, stuff["original_orientation"])
+            sitk.WriteImage(image, str(tmp), True)
+        elif issubclass(rw_class, NibabelIOWithReorient):
+            import nibabel
+            from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+            stuff = properties["nibabel_stuff"]
+            image = nibabel.Nifti1Image(array.transpose((2, 1, 0)), affine=stuff["reoriented_affine"])
+            back = ornt_transform(axcodes2ornt("RAS"), io_orientation(stuff["original_affine"]))
+            image = image.as_reoriented(back)
+            image.header.set_data_dtype(np.float32)
+            nibabel.save(image, str(tmp))
+        elif issubclass(rw_class, NibabelIO):
+            import nibabel
+
+            stuff = properties["nibabel_stuff"]
+            image = nibabel.Nifti1Image(array.transpose((2, 1, 0)), affine=stuff["original_affine"])
+            image.header.set_data_dtype(np.float32)
+            nibabel.save(image, str(tmp))
+        else:
+            raise ConfigurationError(
+                f"Writing float maps with the reader-writer {rw_class.__name__} is not supported (SimpleITK and "
+                "nibabel reader-writers are). Use save_numpy=True / --save-numpy to get the maps as .npy."
+            )
+    return final
