@@ -138,9 +138,41 @@ def case_eigen_numpy_full_svd(repeats: int) -> dict[str, Any]:
     return measure(run, max(0, repeats - 2))
 
 
-def perturb_setup() -> tuple[nn.Module, torch.Tensor]:
+def perturb_setup(dead_channels: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """The 64³ model; ``dead_channels`` of the target layer's 16 channels made constant (zero after
+    the ReLU, as dead channels of trained ReLU networks are)."""
     torch.manual_seed(0)
-    return PerturbNet().eval(), torch.randn(1, 1, 64, 64, 64)
+    model = PerturbNet().eval()
+    if dead_channels:
+        with torch.no_grad():
+            model.features[4].bias[:dead_channels] = -1e4
+    return model, torch.randn(1, 1, 64, 64, 64)
+
+
+def case_scorecam_ours_dead8(repeats: int) -> dict[str, Any]:
+    from medcam3d import ScoreCAM
+    from medcam3d.utils.model_targets import ClassifierOutputTarget
+
+    model, x = perturb_setup(dead_channels=8)
+    cam = ScoreCAM(model, [model.features[5]], batch_size=CHUNK, progress=False, return_tensor=True)
+    return measure(lambda: cam(x, [ClassifierOutputTarget(0)]), repeats)
+
+
+def case_scorecam_torchcam_dead8(repeats: int) -> dict[str, Any]:
+    from torchcam.methods import ScoreCAM as TorchcamScoreCAM
+
+    model, x = perturb_setup(dead_channels=8)
+    cam = TorchcamScoreCAM(model, "features.5", batch_size=CHUNK, input_shape=(1, 64, 64, 64))
+
+    def run() -> Any:
+        with torch.no_grad():
+            model(x)
+        return cam(class_idx=0)
+
+    try:
+        return measure(run, repeats)
+    finally:
+        cam.remove_hooks()
 
 
 def case_scorecam_ours(repeats: int) -> dict[str, Any]:
@@ -221,6 +253,8 @@ CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "scorecam_ours_budget": case_scorecam_ours_budget,
     "scorecam_ours_top8": case_scorecam_ours_top8,
     "scorecam_torchcam": case_scorecam_torchcam,
+    "scorecam_ours_dead8": case_scorecam_ours_dead8,
+    "scorecam_torchcam_dead8": case_scorecam_torchcam_dead8,
     "ablationcam_ours": case_ablationcam_ours,
     "pgc_5d": case_pgc_5d,
 }
@@ -252,6 +286,8 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
         f"| ScoreCAM 64³, 1 GiB budget (ours, chunk {cell('scorecam_ours_budget', 'chunk', '{}')}) | {cell('scorecam_ours_budget', 'seconds')} | {cell('scorecam_ours_budget', 'extra_mb', '{:.0f}')} |",
         f"| ScoreCAM 64³, top_k_channels=8 of 16 (ours, approximate: 8 forwards) | {cell('scorecam_ours_top8', 'seconds')} | {cell('scorecam_ours_top8', 'extra_mb', '{:.0f}')} |",
         f"| ScoreCAM 64³, 16 channels, chunk {CHUNK} (torchcam 0.5.0) | {cell('scorecam_torchcam', 'seconds')} | {cell('scorecam_torchcam', 'extra_mb', '{:.0f}')} |",
+        f"| ScoreCAM 64³, 8 of the 16 channels dead, chunk {CHUNK} (ours: dead channels scored once) | {cell('scorecam_ours_dead8', 'seconds')} | {cell('scorecam_ours_dead8', 'extra_mb', '{:.0f}')} |",
+        f"| ScoreCAM 64³, 8 of the 16 channels dead, chunk {CHUNK} (torchcam 0.5.0) | {cell('scorecam_torchcam_dead8', 'seconds')} | {cell('scorecam_torchcam_dead8', 'extra_mb', '{:.0f}')} |",
         f"| AblationCAM 64³, 16 channels, chunk {CHUNK} (ours) | {cell('ablationcam_ours', 'seconds')} | {cell('ablationcam_ours', 'extra_mb', '{:.0f}')} |",
     ]
     errors = results.get("pgc_5d", {}).get("errors", {})
@@ -267,6 +303,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--only", nargs="*", choices=sorted(CASES), help="run only these cases")
     args = parser.parse_args()
     if args.case:
         sys.stdout.write(json.dumps(CASES[args.case](args.repeats)) + "\n")
@@ -274,7 +311,7 @@ def main() -> int:
     repeats = 1 if args.quick else args.repeats
     results = {}
     for name in CASES:
-        if args.quick and name == "eigen_numpy_full_svd":
+        if (args.quick and name == "eigen_numpy_full_svd") or (args.only and name not in args.only):
             continue
         results[name] = run_case(name, repeats, args.timeout)
         sys.stderr.write(f"{name}: {results[name]}\n")

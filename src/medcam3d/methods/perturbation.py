@@ -162,15 +162,9 @@ class ScoreCAM(PerturbationCAM):
         flat = activations.reshape(n, k, -1)
         constant = (flat.amax(dim=2) <= flat.amin(dim=2))[samples, channels]
         varying = (~constant).nonzero().squeeze(1)
+        need_zero = bool(constant.any())
+        zero_output: torch.Tensor | None = None
         with torch.inference_mode():
-            if bool(constant.any()):
-                zero_output = self._select_output(self.model(torch.zeros_like(x[:1])))
-                if ctx.output_transform is not None:
-                    zero_output = ctx.output_transform(zero_output)
-                zero_scores = torch.stack(
-                    [torch.as_tensor(ctx.targets[i](zero_output[0])).sum().float() for i in range(n)]
-                )
-                scores[constant] = zero_scores[samples[constant]]
             if varying.numel():
                 size = self.chunk_size(x[:1])
                 spatial = tuple(x.shape[2:])
@@ -184,7 +178,22 @@ class ScoreCAM(PerturbationCAM):
                     shape = (-1, *([1] * (masks.ndim - 1)))
                     masks = (masks - low.reshape(shape)) / (high - low + 1e-8).reshape(shape)
                     perturbed = x[rows_s] * masks.to(x.dtype)
-                    scores[jobs] = self._row_scores(self.model(perturbed), ctx.targets, rows_s)
+                    if need_zero and zero_output is None:  # the zero input rides along in the first chunk
+                        perturbed = torch.cat([perturbed, torch.zeros_like(x[:1])])
+                        output = self._select_output(self.model(perturbed))
+                        zero_output = output[-1:]
+                        scores[jobs] = self._row_scores(output[:-1], ctx.targets, rows_s)
+                    else:
+                        scores[jobs] = self._row_scores(self.model(perturbed), ctx.targets, rows_s)
+            if need_zero:
+                if zero_output is None:
+                    zero_output = self._select_output(self.model(torch.zeros_like(x[:1])))
+                if ctx.output_transform is not None:
+                    zero_output = ctx.output_transform(zero_output)
+                zero_scores = torch.stack(
+                    [torch.as_tensor(ctx.targets[i](zero_output[0])).sum().float() for i in range(n)]
+                )
+                scores[constant] = zero_scores[samples[constant]]
         weights = torch.zeros(n, k, dtype=torch.float32, device=x.device)
         weights.scatter_(1, selected, torch.softmax(scores.reshape(n, chosen), dim=1))
         return weights.to(activations.dtype)
