@@ -235,9 +235,11 @@ def _tiny_trainer_class() -> type:
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as StockTrainer
 
+    CPU = torch.device("cpu")
+
     class nnUNetTrainer(StockTrainer):  # noqa: N801 - the name nnU-Net will look up
         def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                     device: torch.device = torch.device("cpu")):
+                     device: torch.device = CPU):
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_epochs = 1
             self.num_iterations_per_epoch = TRAIN_ITERATIONS
@@ -270,8 +272,9 @@ def build_all(root: Path, specs: tuple[DatasetSpec, ...] = ALL_SPECS, quiet: boo
 
 
 def cache_key() -> str:
-    import nnunetv2  # noqa: F401
     from importlib.metadata import version
+
+    import nnunetv2  # noqa: F401
 
     return f"v{BUILD_VERSION}-nnunetv2-{version('nnunetv2')}-torch-{version('torch')}"
 

@@ -154,18 +154,18 @@ def write_float_map(
             from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
             stuff = properties["nibabel_stuff"]
-            image = nibabel.Nifti1Image(array.transpose((2, 1, 0)), affine=stuff["reoriented_affine"])
+            nib_image = nibabel.Nifti1Image(array.transpose((2, 1, 0)), affine=stuff["reoriented_affine"])
             back = ornt_transform(axcodes2ornt("RAS"), io_orientation(stuff["original_affine"]))
-            image = image.as_reoriented(back)
-            image.header.set_data_dtype(np.float32)
-            nibabel.save(image, str(tmp))
+            nib_image = nib_image.as_reoriented(back)
+            nib_image.header.set_data_dtype(np.float32)
+            nibabel.save(nib_image, str(tmp))
         elif issubclass(rw_class, NibabelIO):
             import nibabel
 
             stuff = properties["nibabel_stuff"]
-            image = nibabel.Nifti1Image(array.transpose((2, 1, 0)), affine=stuff["original_affine"])
-            image.header.set_data_dtype(np.float32)
-            nibabel.save(image, str(tmp))
+            nib_plain = nibabel.Nifti1Image(array.transpose((2, 1, 0)), affine=stuff["original_affine"])
+            nib_plain.header.set_data_dtype(np.float32)
+            nibabel.save(nib_plain, str(tmp))
         else:
             raise ConfigurationError(
                 f"Writing float maps with the reader-writer {rw_class.__name__} is not supported (SimpleITK and "

@@ -342,7 +342,10 @@ class NnUNetCAM:
         Gaussian-weighted mean maps ``(T, *S_pre)`` (float32, not normalised).
         """
         from nnunetv2.configuration import default_num_processes
-        from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+        from nnunetv2.inference.sliding_window_prediction import (
+            compute_gaussian,
+            compute_steps_for_sliding_window,
+        )
 
         p = self.predictor
         device = p.device
@@ -438,7 +441,9 @@ class NnUNetCAM:
 
     def segmentation_to_original(self, logits: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
         """nnU-Net's own conversion of logits to the segmentation in the original geometry."""
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+        from nnunetv2.inference.export_prediction import (
+            convert_predicted_logits_to_segmentation_with_correct_shape,
+        )
 
         p = self.predictor
         return convert_predicted_logits_to_segmentation_with_correct_shape(
@@ -471,6 +476,17 @@ class NnUNetCAM:
         if output_folder is None:
             return result
         out = Path(output_folder)
+        try:
+            self._write_outputs(case, result, out, properties, save_segmentation, save_maps, save_numpy, save_slices)
+        except BaseException:
+            for path in result.files:  # no partial output for a failed case
+                path.unlink(missing_ok=True)
+            raise
+        return result
+
+    def _write_outputs(self, case: Case, result: CaseResult, out: Path, properties: dict[str, Any],
+                       save_segmentation: bool, save_maps: bool, save_numpy: bool, save_slices: bool) -> None:
+        segmentation, maps = result.segmentation, result.maps
         rw = self.predictor.plans_manager.image_reader_writer_class()
         if save_segmentation:
             seg_path = out / f"{case.identifier}{self.file_ending}"
@@ -493,7 +509,6 @@ class NnUNetCAM:
                 result.files.append(npy)
         if save_slices:
             result.files.extend(self._save_slices(case, maps, out))
-        return result
 
     def _save_slices(self, case: Case, maps: np.ndarray, out: Path) -> list[Path]:
         from medcam3d.viz import save_slice_pngs
