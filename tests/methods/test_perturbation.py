@@ -206,3 +206,12 @@ def test_ablationcam_ablates_token_channels_with_a_reshape_transform() -> None:
                 ablated[..., k] = 0
                 expected[i, k] = (original - model.head(ablated)[0, c]) / original
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_over_chunks_can_be_silenced(progress: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    model = Split(2).eval()
+    cam = AblationCAM(model, [model.features], batch_size=2, progress=progress)
+    cam(torch.randn(1, 1, 10, 8), [ClassifierOutputTarget(0)])
+    err = capsys.readouterr().err
+    assert ("AblationCAM" in err) == progress

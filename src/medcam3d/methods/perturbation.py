@@ -113,8 +113,11 @@ class PerturbationCAM(BaseCAM):
     def _chunks(self, jobs: int, size: int, what: str) -> Iterator[tuple[int, int]]:
         starts = range(0, jobs, size)
         bar = tqdm(starts, desc=what, unit="chunk", disable=not self.progress, leave=False)
-        for start in bar:
-            yield start, min(start + size, jobs)
+        try:
+            for start in bar:
+                yield start, min(start + size, jobs)
+        finally:
+            bar.close()
 
     def _row_scores(
         self,
