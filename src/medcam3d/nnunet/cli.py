@@ -106,15 +106,17 @@ def _print_layers(predictor: Any) -> None:
     patch = tuple(int(s) for s in predictor.configuration_manager.patch_size)
     channels = next(m for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)).in_channels
     infos = list_layers(network, (1, channels, *patch))
+    tree_order = {name: i for i, (name, _) in enumerate(network.named_modules())}
+    infos = sorted(infos, key=lambda info: tree_order.get(info.name, len(tree_order)))
     marks = suggested_layers(network)
-    width = max(len(i.name) for i in infos)
-    lines = [f"Layers of {type(network).__name__} at patch size {patch} (feature-map size; * = suggested):"]
+    width = max(2 * i.name.count(".") + len(i.name) for i in infos)
+    lines = [f"Layers of {type(network).__name__} at patch size {patch} (channels, feature-map size; * = suggested):"]
     for info in infos:
         shape = "x".join(str(s) for s in info.spatial_shape) if info.output_shape else "-"
         chans = str(info.output_shape[1]) if info.output_shape and len(info.output_shape) > 1 else "-"
         mark = f"  * {marks[info.name]}" if info.name in marks else ""
-        depth = info.name.count(".")
-        lines.append(f"{'  ' * depth}{info.name.ljust(width - 2 * depth)}  {info.type:<22} {chans:>5} ch  {shape}{mark}")
+        label = "  " * info.name.count(".") + info.name
+        lines.append(f"{label.ljust(width)}  {info.type:<22} {chans:>5} ch  {shape}{mark}")
     lines.append("In-place activations (LeakyReLU(inplace=True)) are best tapped through their block's output.")
     sys.stdout.write("\n".join(lines) + "\n")
 
@@ -210,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
             )
             if args.verbose:
                 logger.info("%s: wrote %d files", case.identifier, len(result.files))
-        except (MedCAMError, RuntimeError, ValueError, OSError) as exc:
+        except Exception as exc:  # report the case, go on with the others
             failed.append((case.identifier, f"{type(exc).__name__}: {exc}"))
             logger.error("Case %s failed: %s: %s", case.identifier, type(exc).__name__, exc)
     done = len(cases) - len(failed)

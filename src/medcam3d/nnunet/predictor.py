@@ -325,9 +325,14 @@ class NnUNetCAM:
             onehot = convert_labelmap_to_one_hot(seg[0], self.label_manager.foreground_labels, data.dtype)
             data = np.vstack((data, onehot))
         if mask_file is not None:
-            _, mseg, _ = preprocessor.run_case(
-                list(files), mask_file, p.plans_manager, p.configuration_manager, p.dataset_json
-            )
+            try:
+                _, mseg, _ = preprocessor.run_case(
+                    list(files), mask_file, p.plans_manager, p.configuration_manager, p.dataset_json
+                )
+            except Exception as exc:
+                raise InputFileError(
+                    f"Cannot use mask {mask_file} with {list(files)}: {type(exc).__name__}: {exc}"
+                ) from exc
             mask = mseg[0]
         return torch.from_numpy(np.ascontiguousarray(data)), mask, properties
 
