@@ -7,10 +7,10 @@ import inspect
 import shutil
 from pathlib import Path
 
+import builder
 import numpy as np
 import pytest
 
-import builder
 from medcam3d.nnunet import run_cam_for_prediction
 from medcam3d.nnunet.cli import build_parser
 from medcam3d.nnunet.cli import main as cli_main

@@ -7,12 +7,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import builder
 import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import builder
 from medcam3d.nnunet import load_predictor, run_cam_for_prediction
 from medcam3d.nnunet.cli import main as cli_main
 
