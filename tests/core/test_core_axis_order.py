@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import spatial_shape
-from helpers_models import BlobFollower
 
 import medcam3d
+from conftest import spatial_shape
+from helpers_models import BlobFollower
 from medcam3d.utils.model_targets import ClassifierOutputTarget
 
 METHODS = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from helpers_models import TinyResNet, TinySegNet
 
 import medcam3d
+from helpers_models import TinyResNet, TinySegNet
 from medcam3d import errors
 from medcam3d.utils.model_targets import ClassifierOutputTarget
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import spatial_shape
 
 import medcam3d
+from conftest import spatial_shape
 from medcam3d.utils.model_targets import ClassifierOutputTarget
 
 MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import spatial_shape
-from helpers_models import TinyResNet, TinySegNet
 
 import medcam3d
+from conftest import spatial_shape
+from helpers_models import TinyResNet, TinySegNet
 from medcam3d.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import spatial_shape
-from helpers_models import TinySegNet
 
 import medcam3d
+from conftest import spatial_shape
+from helpers_models import TinySegNet
 from medcam3d.errors import TargetError
 from medcam3d.utils import model_targets as mt
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from helpers_models import TinyResNet
 
 import medcam3d
+from helpers_models import TinyResNet
 from medcam3d.core.layers import resolve_layers
 from medcam3d.errors import InputShapeError, LayerNotFoundError, LayerOutputError, ValueRangeError
 from medcam3d.utils import find_layers, reshape_transforms
