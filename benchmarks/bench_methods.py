@@ -221,6 +221,37 @@ def case_scorecam_ours_top8(repeats: int) -> dict[str, Any]:
     return measure(lambda: cam(x, [ClassifierOutputTarget(0)]), repeats)
 
 
+def case_scorecam_paired(repeats: int) -> dict[str, Any]:
+    """Ours and torchcam's ScoreCAM alternated in one process (robust to load from other processes
+    on a shared machine): median times and their ratio, for all 16 channels and with 8 dead."""
+    from torchcam.methods import ScoreCAM as TorchcamScoreCAM
+
+    from medcam3d import ScoreCAM
+    from medcam3d.utils.model_targets import ClassifierOutputTarget
+
+    result: dict[str, Any] = {}
+    for dead, layer in ((0, 4), (8, 5)):
+        model, x = perturb_setup(dead_channels=dead)
+        ours = ScoreCAM(model, [model.features[layer]], batch_size=CHUNK, progress=False, return_tensor=True)
+        theirs = TorchcamScoreCAM(model, f"features.{layer}", batch_size=CHUNK, input_shape=(1, 64, 64, 64))
+
+        def run_theirs(model: nn.Module = model, x: torch.Tensor = x, theirs: Any = theirs) -> Any:
+            with torch.no_grad():
+                model(x)
+            return theirs(class_idx=0)
+
+        times: dict[str, list[float]] = {"ours": [], "torchcam": []}
+        for _ in range(max(3, repeats) + 1):
+            for name, fn in (("ours", lambda ours=ours, x=x: ours(x, [ClassifierOutputTarget(0)])), ("torchcam", run_theirs)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        theirs.remove_hooks()
+        medians = {name: float(np.median(values[1:])) for name, values in times.items()}
+        result[f"dead{dead}"] = {**medians, "speedup": medians["torchcam"] / medians["ours"]}
+    return result
+
+
 def case_ablationcam_ours(repeats: int) -> dict[str, Any]:
     from medcam3d import AblationCAM
     from medcam3d.utils.model_targets import ClassifierOutputTarget
@@ -255,6 +286,7 @@ CASES: dict[str, Callable[[int], dict[str, Any]]] = {
     "scorecam_torchcam": case_scorecam_torchcam,
     "scorecam_ours_dead8": case_scorecam_ours_dead8,
     "scorecam_torchcam_dead8": case_scorecam_torchcam_dead8,
+    "scorecam_paired": case_scorecam_paired,
     "ablationcam_ours": case_ablationcam_ours,
     "pgc_5d": case_pgc_5d,
 }
@@ -290,6 +322,13 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
         f"| ScoreCAM 64³, 8 of the 16 channels dead, chunk {CHUNK} (torchcam 0.5.0) | {cell('scorecam_torchcam_dead8', 'seconds')} | {cell('scorecam_torchcam_dead8', 'extra_mb', '{:.0f}')} |",
         f"| AblationCAM 64³, 16 channels, chunk {CHUNK} (ours) | {cell('ablationcam_ours', 'seconds')} | {cell('ablationcam_ours', 'extra_mb', '{:.0f}')} |",
     ]
+    for dead in (0, 8):
+        paired = results.get("scorecam_paired", {}).get(f"dead{dead}")
+        if paired:
+            lines.append(
+                f"| ScoreCAM paired run, {dead} dead channels: ours {paired['ours']:.3f} s vs torchcam "
+                f"{paired['torchcam']:.3f} s (medians, alternated) | speed-up {paired['speedup']:.2f}× | — |"
+            )
     errors = results.get("pgc_5d", {}).get("errors", {})
     for method, error in errors.items():
         lines.append(f"| pytorch-grad-cam {method} on 5-D input | crashes: `{error}` | — |")

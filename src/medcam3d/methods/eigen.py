@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from medcam3d.core.base import BaseCAM
 from medcam3d.core.layers import LayerSpec
-from medcam3d.core.projection import first_component_projection
+from medcam3d.core.projection import first_component_projection, small_eigh
 
 __all__ = ["EigenCAM", "EigenGradCAM", "KPCA_CAM", "kernel_pca_projection"]
 
@@ -107,7 +107,7 @@ def kernel_pca_projection(
         anchors = sample[index]
         k_mm = _kernel(anchors, anchors, kernel, gamma, degree, coef0)
         k_vm = _kernel(sample, anchors, kernel, gamma, degree, coef0)
-        values, vectors = torch.linalg.eigh((k_mm + k_mm.T) / 2)
+        values, vectors = small_eigh((k_mm + k_mm.T) / 2)
         keep = values > values.max().clamp_min(0) * 1e-6
         if not bool(keep.any()):
             projections.append(torch.zeros(voxels, dtype=x.dtype, device=x.device))
@@ -115,7 +115,7 @@ def kernel_pca_projection(
         inv_sqrt = vectors[:, keep] / values[keep].sqrt()  # K_MM^{-1/2} restricted to its range
         features = k_vm @ inv_sqrt  # (V, r)
         features = features - features.mean(dim=0, keepdim=True)
-        _, component = torch.linalg.eigh(features.T @ features)
+        _, component = small_eigh(features.T @ features)
         projections.append(features @ component[:, -1])
     projection = torch.stack(projections)  # (N, V)
     reference = activations.reshape(n, k, voxels).sum(dim=1).to(projection.dtype)
