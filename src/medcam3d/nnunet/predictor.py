@@ -292,7 +292,13 @@ class NnUNetCAM:
         from medcam3d.core.base import BaseCAM
 
         kwargs = dict(self.method_kwargs)
-        cam = self.method_class(self.network, [m for _, m in self.layers], **kwargs)
+        # the network is put in eval mode once per case (predict_preprocessed); not once per patch
+        kwargs.setdefault("eval_mode", False)
+        try:
+            cam = self.method_class(self.network, [m for _, m in self.layers], **kwargs)
+        except TypeError:
+            kwargs.pop("eval_mode")
+            cam = self.method_class(self.network, [m for _, m in self.layers], **kwargs)
         if not isinstance(cam, BaseCAM):  # pragma: no cover
             raise ConfigurationError(f"{self.method_class} is not a medcam3d CAM method.")
         return cam

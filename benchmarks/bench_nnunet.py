@@ -1,0 +1,125 @@
+"""Wall time and peak memory of ``medcam3d nnunet`` against ``nnUNetv2_predict`` (and ``nnunetv2_cam``).
+
+Each tool runs as its own command under ``/usr/bin/time`` (wall seconds, peak resident memory
+of the largest process), on the tiny real nnU-Net model of the test fixture
+(``tests/nnunet/builder.py``, built or reused from the cache), with the same folds and TTA
+settings, in two scenarios:
+
+- ``fixture``: two 32-voxel-wide cases, folds 0 and 1, mirroring TTA on;
+- ``large``: one ``--large``³ case (default 160³: thousands of 16³ patches), fold 0, TTA off.
+
+medcam3d does a forward *and* a backward pass (to the target layer) per patch, nnU-Net a forward
+pass only, so the ratio depends on the layer: the bottleneck needs the backward pass through the
+whole decoder, the last decoder stage almost none. Both are measured.
+
+    python benchmarks/bench_nnunet.py [--large 160] [--repeat 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "nnunet"))
+
+import builder  # noqa: E402
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
+    """(wall seconds, peak RSS in MiB, return code, stderr tail) of one command."""
+    time_bin = shutil.which("time") or "/usr/bin/time"
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        start = time.perf_counter()
+        proc = subprocess.run([time_bin, "-f", "%M", "-o", report.name, *cmd], env=env, capture_output=True,
+                              text=True)
+        wall = time.perf_counter() - start
+        text = Path(report.name).read_text().strip().splitlines()
+    peak_kib = float(text[-1]) if text and text[-1].strip().isdigit() else float("nan")
+    return wall, peak_kib / 1024.0, proc.returncode, (proc.stderr or "")[-600:]
+
+
+def make_inputs(folder: Path, shapes: list[tuple[int, int, int]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, shape in enumerate(shapes):
+        channels, _ = builder.make_case(builder.SPHERE, seed=900 + i, shape=shape)
+        builder.write_image(channels[0], folder / f"bench{i}_0000.nii.gz", builder.SPHERE.spacing)
+    return folder
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large", type=int, default=160, help="edge of the large case (voxels)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per tool (the minimum is reported)")
+    parser.add_argument("--layers", nargs="+", default=["encoder.stages.3", "decoder.stages.2"])
+    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--json", type=str, default=None)
+    args = parser.parse_args()
+
+    root = builder.cached_build()
+    spec = builder.SPHERE
+    model = spec.model_folder(root / "nnUNet_results", "3d_fullres")
+    work = Path(tempfile.mkdtemp(prefix="bench-nnunet-"))
+    scenarios = [("fixture 2×32³, folds 0 1, TTA", make_inputs(work / "in_fixture", [(32, 32, 32), (32, 32, 32)]),
+                  ["0", "1"], True)]
+    if not args.skip_large:
+        n = args.large
+        scenarios.append((f"large 1×{n}³, fold 0, no TTA", make_inputs(work / "in_large", [(n, n, n)]), ["0"], False))
+    peer = importlib.util.find_spec("nnunetv2_cam") is not None
+    rows = []
+    with builder.nnunet_environment(root) as nn_env:
+        env = dict(os.environ, **nn_env, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+        for title, inputs, folds, tta in scenarios:
+            tools: list[tuple[str, list[str]]] = []
+            reference = [shutil.which("nnUNetv2_predict") or "nnUNetv2_predict", "-i", str(inputs), "-o",
+                         str(work / "out_ref"), "-d", str(spec.dataset_id), "-c", "3d_fullres", "-tr",
+                         builder.TRAINER_NAME, "-f", *folds, "-device", "cpu", "-npp", "1", "-nps", "1",
+                         "--disable_progress_bar", *([] if tta else ["--disable_tta"])]
+            tools.append(("nnUNetv2_predict", reference))
+            for layer in args.layers:
+                tools.append((f"medcam3d nnunet ({layer})",
+                              [sys.executable, "-m", "medcam3d.nnunet.cli", "-i", str(inputs), "-o",
+                               str(work / "out_ours"), "-m", str(model), "-f", *folds, "--target-layer", layer,
+                               "-device", "cpu", "--no-progress", "--no-save-slices",
+                               *([] if tta else ["--disable-tta"])]))
+            if peer:
+                tools.append(("nnunetv2_cam", [shutil.which("nnunetv2_cam") or "nnunetv2_cam", "-i", str(inputs),
+                                               "-o", str(work / "out_peer"), "-m", str(model), "-f", *folds,
+                                               "--target-layer", args.layers[0], "--cam-type", "3d", "-device", "cpu",
+                                               "--no-save-slices", *([] if tta else ["--disable-tta"])]))
+            results: dict[str, tuple[float, float, int, str]] = {}
+            for _ in range(args.repeat):
+                for name, cmd in tools:
+                    wall, peak, code, err = timed(cmd, env)
+                    best = results.get(name)
+                    if best is None or (code == 0 and wall < best[0]):
+                        results[name] = (wall, peak, code, err)
+            base = results["nnUNetv2_predict"][0]
+            for name, (wall, peak, code, err) in results.items():
+                status = "ok" if code == 0 else f"failed: {err.strip().splitlines()[-1] if err.strip() else code}"
+                rows.append({"scenario": title, "tool": name, "wall_s": round(wall, 2), "peak_rss_mib": round(peak),
+                             "ratio_to_nnunet": round(wall / base, 2) if code == 0 else None, "status": status})
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
+          f"torch threads default; each tool a separate command (start-up and model loading included).\n")
+    print("| scenario | tool | wall (s) | × nnUNetv2_predict | peak RSS (MiB) | status |")
+    print("|---|---|---:|---:|---:|---|")
+    for r in rows:
+        ratio = "" if r["ratio_to_nnunet"] is None else f"{r['ratio_to_nnunet']:.2f}"
+        print(f"| {r['scenario']} | {r['tool']} | {r['wall_s']:.1f} | {ratio} | {r['peak_rss_mib']} | {r['status']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
