@@ -7,6 +7,7 @@ template and the network are loaded only when the command runs.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -49,6 +50,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--no-viewer", action="store_true", help="do not write the HTML viewers")
     p.add_argument("--no-figures", action="store_true", help="do not write the three-plane PNG figures")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="show medcam3d's log messages (each file written...)"
+    )
     p.set_defaults(func=run)
 
 
@@ -98,15 +102,22 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
     from medcam3d.demo.runner import DEFAULT_SEED, DEFAULT_TOLERANCE_MM, run_demo
 
     methods = [m for m in str(args.methods).split(",") if m.strip()]
-    result = run_demo(
-        args.output,
-        methods=methods,
-        seed=DEFAULT_SEED if args.seed is None else int(args.seed),
-        overwrite=bool(args.overwrite),
-        figures=not args.no_figures,
-        viewer=not args.no_viewer,
-        tolerance_mm=DEFAULT_TOLERANCE_MM if args.tolerance is None else float(args.tolerance),
-    )
+    package_logger = logging.getLogger("medcam3d")
+    previous_level = package_logger.level
+    if not getattr(args, "verbose", False):
+        package_logger.setLevel(logging.WARNING)  # the summary below says it all; warnings still show
+    try:
+        result = run_demo(
+            args.output,
+            methods=methods,
+            seed=DEFAULT_SEED if args.seed is None else int(args.seed),
+            overwrite=bool(args.overwrite),
+            figures=not args.no_figures,
+            viewer=not args.no_viewer,
+            tolerance_mm=DEFAULT_TOLERANCE_MM if args.tolerance is None else float(args.tolerance),
+        )
+    finally:
+        package_logger.setLevel(previous_level)
     out = stream if stream is not None else sys.stdout
     out.write(format_summary(result) + "\n")
     return 0

@@ -146,13 +146,19 @@ def candidate_centres(template: Template) -> np.ndarray:
     return np.argwhere(ok)
 
 
-def random_lesion(rng: np.random.Generator, centres: np.ndarray) -> Lesion:
+def random_lesion(
+    rng: np.random.Generator,
+    centres: np.ndarray,
+    radius_range_mm: tuple[float, float] = RADIUS_RANGE_MM,
+    contrast_range: tuple[float, float] = CONTRAST_RANGE,
+) -> Lesion:
     """Draw a lesion: centre among ``centres`` (``(M, 3)`` from :func:`candidate_centres`) with
-    a sub-voxel jitter, radii in :data:`RADIUS_RANGE_MM`, contrast sign and size at random."""
+    a sub-voxel jitter, radii (per axis) in ``radius_range_mm``, contrast magnitude in
+    ``contrast_range`` with a random sign (bright or dark)."""
     centre = centres[int(rng.integers(len(centres)))].astype(float) + rng.uniform(-0.5, 0.5, size=3)
-    radii = rng.uniform(*RADIUS_RANGE_MM, size=3)
+    radii = rng.uniform(*radius_range_mm, size=3)
     sign = 1.0 if rng.random() < 0.5 else -1.0
-    contrast = sign * float(rng.uniform(*CONTRAST_RANGE))
+    contrast = sign * float(rng.uniform(*contrast_range))
     return Lesion(
         centre=(float(centre[0]), float(centre[1]), float(centre[2])),
         radii_mm=(float(radii[0]), float(radii[1]), float(radii[2])),

@@ -143,21 +143,10 @@ class DemoResult:
 
 
 def demo_methods() -> dict[str, type]:
-    """Method registry: lower-case name -> CAM class (``medcam3d.available_methods()`` when it exists)."""
-    import medcam3d
+    """Method registry: lower-case name -> CAM class (:func:`medcam3d.available_methods`)."""
+    from medcam3d import available_methods
 
-    registry = getattr(medcam3d, "available_methods", None)
-    if callable(registry):
-        return {str(k).lower(): v for k, v in registry().items()}
-    from medcam3d import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-
-    return {
-        "gradcam": GradCAM,
-        "gradcam++": GradCAMPlusPlus,
-        "hirescam": HiResCAM,
-        "layercam": LayerCAM,
-        "xgradcam": XGradCAM,
-    }
+    return {str(name).lower(): cls for name, cls in available_methods().items()}
 
 
 def pointing_game(
