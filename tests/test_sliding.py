@@ -54,7 +54,7 @@ def test_unet_maps_shape_range_and_class_specific(unet):
     torch.manual_seed(1)
     volume = torch.randn(1, 28, 24, 20)
     cam = GradCAM(unet, target_layers=["model.1.submodule.0"])
-    engine = SlidingWindowCAM(cam, (16, 16, 16), step_size=0.5, mirror_axes=(0, 2), progress=False)
+    engine = SlidingWindowCAM(cam, (16, 16, 16), step_size=0.5, mirror_axes=(1,), progress=False)
     maps = engine(volume, [SlidingSegmentationTarget(0), SlidingSegmentationTarget(1)])
     assert maps.shape == (2, 28, 24, 20)
     assert torch.isfinite(maps).all() and maps.min() == 0 and maps.max() == pytest.approx(1.0)
