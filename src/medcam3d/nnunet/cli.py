@@ -121,26 +121,6 @@ def _print_layers(predictor: Any) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def _check_headers(files: Sequence[str]) -> None:
-    """Read each input's header (cheap) so that an unreadable image fails before any heavy work."""
-    from medcam3d.errors import InputFileError
-
-    for f in files:
-        try:
-            if f.endswith((".nii", ".nii.gz")):
-                import nibabel
-
-                nibabel.load(f)  # parses the header only (data stay on disk)
-            else:
-                import SimpleITK as sitk
-
-                reader = sitk.ImageFileReader()
-                reader.SetFileName(f)
-                reader.ReadImageInformation()
-        except Exception as exc:
-            raise InputFileError(f"Cannot read image {f}: {type(exc).__name__}: {exc}".strip()) from exc
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code (non-zero if any case failed)."""
     if args.list_methods:
@@ -148,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.m:
         raise ConfigurationError("-m (the trained model folder) is required.")
-    from medcam3d.nnunet.files import group_input_files
+    from medcam3d.nnunet.files import check_map_writer, check_readable, group_input_files
     from medcam3d.nnunet.predictor import (
         NnUNetCAM,
         _check_output_folder,
@@ -186,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     cases = group_input_files(args.i, runner.file_ending, runner.num_channels)
-    _check_headers([f for c in cases for f in c.files])
+    check_readable([f for c in cases for f in c.files])
+    check_map_writer(predictor.plans_manager.image_reader_writer_class)
     masks = _match_masks(cases, args.masks, runner.file_ending) if args.target == "mask" else {}
     if runner.cascaded and not args.prev_stage_predictions:
         raise ConfigurationError(

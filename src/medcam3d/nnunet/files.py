@@ -13,7 +13,8 @@ import numpy as np
 from medcam3d._atomic import atomic_path
 from medcam3d.errors import ConfigurationError, InputFileError
 
-__all__ = ["Case", "group_input_files", "write_float_map", "strip_file_ending"]
+__all__ = ["Case", "group_input_files", "write_float_map", "strip_file_ending", "check_readable",
+           "check_map_writer"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,3 +173,36 @@ def write_float_map(
                 "nibabel reader-writers are). Use save_numpy=True / --save-numpy to get the maps as .npy."
             )
     return final
+
+
+def check_readable(files: Sequence[str]) -> None:
+    """Read each image's header (cheap: no voxel data) so that an unreadable image fails with
+    :class:`InputFileError` before any heavy work starts."""
+    for f in files:
+        try:
+            if f.endswith((".nii", ".nii.gz")):
+                import nibabel
+
+                nibabel.load(f)  # parses the header only (data stay on disk)
+            else:
+                import SimpleITK as sitk
+
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(f)
+                reader.ReadImageInformation()
+        except Exception as exc:
+            raise InputFileError(f"Cannot read image {f}: {type(exc).__name__}: {exc}".strip()) from exc
+
+
+def check_map_writer(reader_writer: Any) -> None:
+    """Raise :class:`ConfigurationError` early if float maps cannot be written with this reader-writer."""
+    from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    rw_class = reader_writer if isinstance(reader_writer, type) else type(reader_writer)
+    if not issubclass(rw_class, (SimpleITKIO, NibabelIO, NibabelIOWithReorient)):
+        raise ConfigurationError(
+            f"Writing float maps with the reader-writer {rw_class.__name__} is not supported (SimpleITK and "
+            "nibabel reader-writers are). Pass save_maps=False and save_numpy=True / --save-numpy to get the maps "
+            "as .npy."
+        )

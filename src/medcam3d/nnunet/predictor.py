@@ -30,7 +30,7 @@ from medcam3d.errors import (
     TargetError,
     require_extra,
 )
-from medcam3d.nnunet.files import Case, group_input_files, write_float_map
+from medcam3d.nnunet.files import Case, check_map_writer, check_readable, group_input_files, write_float_map
 from medcam3d.sliding import (
     SlidingSegmentationTarget,
     SlidingState,
@@ -598,6 +598,9 @@ def run_cam_for_prediction(
         progress=verbose if progress is None else progress,
     )
     cases = group_input_files(input_files, runner.file_ending, runner.num_channels)
+    check_readable([f for c in cases for f in c.files])
+    if output_folder is not None:
+        check_map_writer(predictor.plans_manager.image_reader_writer_class)
     masks = _match_masks(cases, mask_files, runner.file_ending) if target == "mask" else {}
     if target == "mask" and not mask_files:
         raise ConfigurationError("target='mask' needs mask_files (one mask per case, e.g. the ground truth).")
