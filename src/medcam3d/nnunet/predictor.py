@@ -601,6 +601,8 @@ def run_cam_for_prediction(
     check_readable([f for c in cases for f in c.files])
     if output_folder is not None:
         check_map_writer(predictor.plans_manager.image_reader_writer_class)
+        if save_slices:
+            require_extra("matplotlib", "viz", "PNG overlays (or pass save_slices=False)")
     masks = _match_masks(cases, mask_files, runner.file_ending) if target == "mask" else {}
     if target == "mask" and not mask_files:
         raise ConfigurationError("target='mask' needs mask_files (one mask per case, e.g. the ground truth).")
