@@ -48,8 +48,6 @@ from medcam3d.demo.model import LESION_CLASS, TARGET_LAYER, DemoLesionNet, defau
 #: volume give almost no gradient to an untrained network; large ones teach it what a lesion is.
 START_RADIUS_MM = (15.0, 25.0)
 START_CONTRAST = (0.6, 0.9)
-#: Share of training volumes that are augmented (the rest are clean, as the demo's volume is).
-AUGMENT_PROBABILITY = 0.8
 #: Fraction of the steps over which the curriculum reaches the demo's lesion sizes.
 CURRICULUM_FRACTION = 0.5
 
@@ -95,10 +93,9 @@ def make_batch(
             if paired
             else [(with_lesion, 1) if rng.random() < 0.5 else (template.image, 0)]
         )
-        augment_this = augmented and rng.random() < AUGMENT_PROBABILITY
         state = rng.bit_generator.state
         for volume, label in choices:
-            if augment_this:
+            if augmented:
                 rng.bit_generator.state = state  # the same augmentation for both members of a pair
                 volume, _, _ = augment(volume, rng)
             volumes.append(volume)
@@ -149,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output", type=Path, default=default_weights_path(), help="state_dict file to write"
     )
-    parser.add_argument("--steps", type=int, default=800, help="optimiser steps (default 800)")
+    parser.add_argument("--steps", type=int, default=400, help="optimiser steps (default 400)")
     parser.add_argument("--batch-size", type=int, default=8, help="volumes per step (pairs: even)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle)")
     parser.add_argument("--width", type=int, default=8, help="channels of the first block")

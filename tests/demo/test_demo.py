@@ -34,7 +34,7 @@ from medcam3d.errors import ConfigurationError, OutputPathError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["gradcam", "hirescam"]
-SEED = 7
+SEED = 6
 
 
 @pytest.fixture(scope="module")

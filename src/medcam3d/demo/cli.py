@@ -39,13 +39,18 @@ def register(subparsers: Any) -> None:
         default=_DEFAULT_METHODS,
         help=f"comma-separated CAM methods (default: {_DEFAULT_METHODS}); see 'medcam3d methods'",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed that places the lesion (default: 2024)")
+    p.add_argument("--seed", type=int, default=None, help="seed that places the lesion (default: 1)")
     p.add_argument(
         "--tolerance",
         type=float,
         default=None,
         metavar="MM",
         help="pointing-game tolerance in mm (default: 8, one cell of the CAM's layer)",
+    )
+    p.add_argument(
+        "--layer",
+        default=None,
+        help="target layer of the network: features (default, 8 mm cells), block2 (8 mm) or block1 (4 mm)",
     )
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     p.add_argument("--no-viewer", action="store_true", help="do not write the HTML viewers")
@@ -74,6 +79,7 @@ def format_summary(result: DemoResult) -> str:
         f"network   P(lesion) = {result.probability:.3f} with the lesion "
         f"({'detected' if result.probability >= 0.5 else 'MISSED'}); "
         f"{result.probability_without_lesion:.3f} on the template without it",
+        f"maps      of the lesion class, on the layer '{result.target_layer}'",
         "",
         f"{'method':<12}{'peak voxel (z, y, x)':<24}{'peak MNI (x, y, z) mm':<26}{'distance':>10}  hit",
     ]
@@ -99,6 +105,7 @@ def format_summary(result: DemoResult) -> str:
 
 def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
     """Run the demo from parsed arguments and print the summary; exit code 0."""
+    from medcam3d.demo.model import TARGET_LAYER
     from medcam3d.demo.runner import DEFAULT_SEED, DEFAULT_TOLERANCE_MM, run_demo
 
     methods = [m for m in str(args.methods).split(",") if m.strip()]
@@ -115,6 +122,7 @@ def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
             figures=not args.no_figures,
             viewer=not args.no_viewer,
             tolerance_mm=DEFAULT_TOLERANCE_MM if args.tolerance is None else float(args.tolerance),
+            target_layer=TARGET_LAYER if args.layer is None else str(args.layer),
         )
     finally:
         package_logger.setLevel(previous_level)
