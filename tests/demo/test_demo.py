@@ -220,3 +220,22 @@ def test_training_script_is_deterministic(tmp_path: Path) -> None:
         assert json.loads(out.with_suffix(".json").read_text())["steps"] == 2
     for key in states[0]:
         torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
+
+
+def test_cli_help_lists_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    from medcam3d.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--output",
+        "--methods",
+        "--seed",
+        "--overwrite",
+        "--no-viewer",
+        "--no-figures",
+        "--layer",
+    ):
+        assert option in text

@@ -372,5 +372,10 @@ def run_demo(
     payload = result.to_dict()
     payload["template"] = str(template.path.name)
     payload["target_layer"] = target_layer
+    payload["axis_order"] = {
+        "voxel": "array index (z, y, x), as medcam3d.io.read_image / SimpleITK",
+        "mni": "MNI millimetres (x, y, z), RAS+, as nibabel / FSL / SPM",
+        "radii_mm": "(z, y, x)",
+    }
     _write_json(result.summary_path, payload)
     return result
