@@ -201,3 +201,29 @@ def test_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="outside"):
         three_plane_figure(image, cam, tmp_path / "v.png", voxel=(16, 0, 0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.png"]
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]), np.diag([1.0, 1.0, -1.0])])
+def test_panels_are_shown_in_radiological_orientation(direction: np.ndarray) -> None:
+    # A marker at the patient's anterior-right-superior corner lands top-left in every panel:
+    # axial (A up, R left), coronal (S up, R left), sagittal (S up, A left), whatever the storage order.
+    from matplotlib.figure import Figure
+
+    from medcam3d.viz.figures import _PLANE, _panel
+
+    shape = (6, 7, 8)  # (z, y, x)
+    d = np.asarray(direction)
+    # index of the R, A, S ends along x, y, z: LPS direction column sign > 0 means "grows to L/P/S"
+    x_r = 0 if d[0, 0] > 0 else shape[2] - 1
+    y_a = 0 if d[1, 1] > 0 else shape[1] - 1
+    z_s = shape[0] - 1 if d[2, 2] > 0 else 0
+    vol = np.zeros(shape, np.float32)
+    vol[z_s, y_a, x_r] = 1.0
+    for axis, index in ((0, z_s), (1, y_a), (2, x_r)):
+        name, row_axis, col_axis, flip = _PLANE[axis]
+        slab = np.take(vol, index, axis=axis)
+        rgb = np.repeat(slab[..., None], 3, axis=-1)
+        ax = Figure().add_subplot()
+        _panel(ax, rgb, 1.0, row_axis, col_axis, d, flip, name)
+        shown = np.asarray(ax.images[0].get_array())[..., 0]
+        assert shown[0, 0] == 1.0, f"{name}: marker not top-left for direction {d.tolist()}"

@@ -236,6 +236,10 @@ def _peak(cam: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(i) for i in np.unravel_index(int(np.nanargmax(cam)), cam.shape))  # type: ignore[return-value]
 
 
+_TOP_LETTERS = ("A", "S")  # anterior up in axial views, superior up in coronal and sagittal views
+_LEFT_LETTERS = ("R", "A")  # radiological: patient's right on the viewer's left; anterior left in sagittal
+
+
 def _panel(
     ax: Any,
     rgb: np.ndarray,
@@ -247,17 +251,36 @@ def _panel(
     title: str,
     cross: tuple[float, float] | None = None,
 ) -> None:
-    """Draw one slice (rows = array axis ``row_axis``, columns = ``col_axis``) with orientation labels."""
-    ax.imshow(rgb, aspect=aspect, origin="lower" if flip_rows else "upper", interpolation="nearest")
+    """Draw one slice (rows = array axis ``row_axis``, columns = ``col_axis``) with orientation labels.
+
+    With a direction matrix the slice is shown the way radiology viewers show it, whatever the
+    array order on disk: anterior (axial) or superior (coronal, sagittal) at the top, the patient's
+    right on the viewer's left (axial, coronal) and anterior on the left (sagittal). Without one,
+    the array is shown as stored (``flip_rows`` puts its first row at the bottom).
+    """
+    rows, cols = rgb.shape[:2]
+    labels = None
+    if direction is not None:
+        low, high = orientation_labels(direction, row_axis)
+        left, right = orientation_labels(direction, col_axis)
+        flip_rows = high in _TOP_LETTERS and low not in _TOP_LETTERS
+        flip_cols = right in _LEFT_LETTERS and left not in _LEFT_LETTERS
+        top, bottom = (high, low) if flip_rows else (low, high)
+        if flip_cols:
+            left, right = right, left
+        labels = (left, right, top, bottom)
+    else:
+        flip_cols = False
+    shown = rgb[::-1] if flip_rows else rgb
+    shown = shown[:, ::-1] if flip_cols else shown
+    ax.imshow(shown, aspect=aspect, origin="upper", interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_title(title, fontsize=9)
-    if direction is not None:
-        left, right = orientation_labels(direction, col_axis)
-        low, high = orientation_labels(direction, row_axis)
-        top, bottom = (high, low) if flip_rows else (low, high)
+    if labels is not None:
+        left, right, top, bottom = labels
         style = {"color": "white", "fontsize": 8, "fontweight": "bold", "transform": ax.transAxes}
         ax.text(0.02, 0.5, left, ha="left", va="center", **style)
         ax.text(0.98, 0.5, right, ha="right", va="center", **style)
@@ -265,6 +288,8 @@ def _panel(
         ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
     if cross is not None:
         row, col = cross
+        row = rows - 1 - row if flip_rows else row
+        col = cols - 1 - col if flip_cols else col
         ax.axhline(row, color="#00ff00", linewidth=0.5, alpha=0.6)
         ax.axvline(col, color="#00ff00", linewidth=0.5, alpha=0.6)
 
