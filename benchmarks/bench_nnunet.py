@@ -63,7 +63,12 @@ def main() -> int:
     parser.add_argument("--layers", nargs="+", default=["encoder.stages.3", "decoder.stages.2"])
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--json", type=str, default=None)
+    parser.add_argument("--inprocess", type=int, default=0, metavar="EDGE",
+                        help="only time the prediction loops in-process on an EDGE³ preprocessed array "
+                             "(interleaved, minimum of --repeat runs)")
     args = parser.parse_args()
+    if args.inprocess:
+        return inprocess(args.inprocess, args.layers, max(args.repeat, 1))
 
     root = builder.cached_build()
     spec = builder.SPHERE
@@ -119,6 +124,52 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def inprocess(edge: int, layers: list[str], repeat: int) -> int:
+    """The loops alone: nnU-Net's ``predict_logits_from_preprocessed_data`` against ours."""
+    import numpy as np
+    import torch
+
+    root = builder.cached_build()
+    with builder.nnunet_environment(root):
+        from medcam3d.nnunet import NnUNetCAM, load_predictor
+
+        model = builder.SPHERE.model_folder(root / "nnUNet_results", "3d_fullres")
+        print(f"In-process loops on a 1×{edge}³ preprocessed array, fold 0; minimum of {repeat} interleaved runs.\n")
+        print("| TTA | loop | wall (s) | × nnU-Net | patches × passes | logits identical |")
+        print("|---|---|---:|---:|---:|---|")
+        for tta in (False, True):
+            predictor = load_predictor(model, folds=(0,), use_mirroring=tta)
+            data = torch.randn(1, edge, edge, edge)
+            runners = {layer: NnUNetCAM(predictor, layer, progress=False) for layer in layers}
+            best: dict[str, float] = {}
+            same: dict[str, bool] = {}
+            reference = None
+            for _ in range(repeat):
+                start = time.perf_counter()
+                reference = predictor.predict_logits_from_preprocessed_data(data).numpy()
+                best["nnU-Net"] = min(best.get("nnU-Net", 1e9), time.perf_counter() - start)
+                for layer, runner in runners.items():
+                    start = time.perf_counter()
+                    logits, _ = runner.predict_preprocessed(data)
+                    best[layer] = min(best.get(layer, 1e9), time.perf_counter() - start)
+                    same[layer] = bool(np.array_equal(logits, reference))
+            steps = builder_steps(edge, predictor)
+            passes = 8 if tta else 1
+            for name, wall in best.items():
+                ratio = wall / best["nnU-Net"]
+                ident = "" if name == "nnU-Net" else ("yes" if same[name] else "NO")
+                print(f"| {'on' if tta else 'off'} | {name} | {wall:.1f} | {ratio:.2f} | {steps} × {passes} | {ident} |")
+    return 0
+
+
+def builder_steps(edge: int, predictor: object) -> int:
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    patch = predictor.configuration_manager.patch_size  # type: ignore[attr-defined]
+    steps = compute_steps_for_sliding_window((edge,) * 3, patch, 0.5)
+    return len(steps[0]) * len(steps[1]) * len(steps[2])
 
 
 if __name__ == "__main__":
