@@ -290,7 +290,10 @@ def cached_build(specs: tuple[DatasetSpec, ...] = ALL_SPECS) -> Path:
     final = Path(cache_setting) / cache_key()
     if (final / "COMPLETE").exists():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # no writable cache: build in a temporary folder
+        return build_all(Path(tempfile.mkdtemp(prefix="medcam3d-nnunet-")), specs)
     work = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
     try:
         build_all(work, specs)
