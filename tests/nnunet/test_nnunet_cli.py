@@ -18,37 +18,61 @@ from medcam3d.nnunet.cli import main as cli_main
 pytestmark = pytest.mark.slow
 
 
+# The interface of nnunetv2_cam 0.1.6.1 (names only): checked on every machine, and compared with
+# the installed package's own source where it is installed.
+NNUNETV2_CAM_FLAGS = [
+    "-i", "-o", "-m", "-f", "-chk", "--target-layer", "--target-class", "--method", "--cam-type",
+    "--disable-tta", "-step_size", "-device", "--list-layers", "--list-methods", "--verbose",
+    "--no-save-slices", "--save-numpy", "--pool-size", "--pool-mode",
+]
+NNUNETV2_CAM_PARAMETERS = [
+    "predictor", "input_files", "output_folder", "target_layer", "target_class", "method", "cam_type",
+    "device", "save_slices", "verbose", "pool_size", "pool_mode",
+]
+
+
 def _peer_source(name: str) -> str | None:
     import importlib.util
 
     spec = importlib.util.find_spec("nnunetv2_cam")
     if spec is None or spec.origin is None:
         return None
-    return (Path(spec.origin).parent / name).read_text()
+    return (Path(spec.origin).parent / name).read_text(encoding="utf-8")
 
 
-def test_every_nnunetv2_cam_flag_is_accepted():
+def _peer_flags() -> list[str]:
     source = _peer_source("cli.py")
     if source is None:
-        pytest.skip("nnunetv2_cam is not installed")
+        return NNUNETV2_CAM_FLAGS
     flags = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
             flags += [a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("-")]
+    return flags
+
+
+def _peer_parameters() -> list[str]:
+    source = _peer_source("api.py")
+    if source is None:
+        return NNUNETV2_CAM_PARAMETERS
+    fn = next(n for n in ast.walk(ast.parse(source))
+              if isinstance(n, ast.FunctionDef) and n.name == "run_cam_for_prediction")
+    return [a.arg for a in fn.args.args]
+
+
+def test_every_nnunetv2_cam_flag_is_accepted():
+    flags = _peer_flags()
     assert "--target-layer" in flags and "-step_size" in flags
     ours = {s for action in build_parser()._actions for s in action.option_strings}
     assert set(flags) <= ours, set(flags) - ours
+    assert set(NNUNETV2_CAM_FLAGS) <= ours
 
 
 def test_every_nnunetv2_cam_parameter_is_accepted():
-    source = _peer_source("api.py")
-    if source is None:
-        pytest.skip("nnunetv2_cam is not installed")
-    fn = next(n for n in ast.walk(ast.parse(source))
-              if isinstance(n, ast.FunctionDef) and n.name == "run_cam_for_prediction")
-    theirs = [a.arg for a in fn.args.args]
+    theirs = _peer_parameters()
     ours = list(inspect.signature(run_cam_for_prediction).parameters)
     assert ours[: len(theirs)] == theirs
+    assert ours[: len(NNUNETV2_CAM_PARAMETERS)] == NNUNETV2_CAM_PARAMETERS
 
 
 def test_list_methods_needs_nothing_else(capsys):
