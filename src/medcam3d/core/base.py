@@ -371,7 +371,7 @@ class BaseCAM:
         return torch.stack(scores)
 
     def _gradients(
-        self, scores: torch.Tensor, activations: list[torch.Tensor]
+        self, scores: torch.Tensor, activations: list[torch.Tensor], retain_graph: bool = False
     ) -> list[torch.Tensor]:
         if not scores.requires_grad:
             raise LayerOutputError(
@@ -379,7 +379,11 @@ class BaseCAM:
                 "targets read the model output and that the layers come before the output."
             )
         grads = torch.autograd.grad(
-            scores.sum(), activations, allow_unused=True, create_graph=self.create_graph
+            scores.sum(),
+            activations,
+            allow_unused=True,
+            create_graph=self.create_graph,
+            retain_graph=True if (retain_graph or self.create_graph) else None,
         )
         result = []
         for name, grad in zip(self.layer_names, grads):
@@ -415,6 +419,17 @@ class BaseCAM:
         normalize: bool,
         output_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> CAMResult:
+        return self._compute_sets(input_tensor, [targets], eigen_smooth, normalize, output_inverse)[0]
+
+    def _compute_sets(
+        self,
+        input_tensor: torch.Tensor,
+        target_sets: Sequence[list[Target] | None],
+        eigen_smooth: bool,
+        normalize: bool,
+        output_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> list[CAMResult]:
+        """One forward pass, then the maps of each target set (one gradient pass per set)."""
         spatial = tuple(input_tensor.shape[2:])
         batch = input_tensor.shape[0]
         track = self.uses_gradients
@@ -428,43 +443,82 @@ class BaseCAM:
                     x = input_tensor.detach().requires_grad_(True)
                 self._input = x
                 output, _ = self._forward(x, taps)
-                target_output = output_inverse(output) if output_inverse is not None else output
-                if targets is None:
-                    targets = self.default_targets(target_output.detach())
-                targets = self._check_targets(targets, batch)
-                scores = self._scores(target_output, targets)
-                activations = [taps.activations[name] for name in self.layer_names]
-                if track:
-                    grads: list[torch.Tensor | None] = list(self._gradients(scores, activations))
-                else:
-                    grads = [None] * len(activations)
                 self.outputs = output.detach()
-                layer_maps = []
-                for (name, module), act, grad in zip(self.layers, activations, grads):
-                    act_p = self._prepare(name, act if self.create_graph else act.detach(), len(spatial), batch)
-                    grad_p = self._prepare(name, grad, len(spatial), batch) if grad is not None else None
-                    self.context = CallContext(
-                        input_tensor, targets, name, module, target_output.detach(), output_inverse
+                target_output = output_inverse(output) if output_inverse is not None else output
+                activations = [taps.activations[name] for name in self.layer_names]
+                results = []
+                for index, given in enumerate(target_sets):
+                    more = index < len(target_sets) - 1
+                    targets = self._check_targets(
+                        self.default_targets(target_output.detach()) if given is None else given, batch
                     )
-                    cam = self.get_cam_image(input_tensor, module, targets, act_p, grad_p, eigen_smooth)  # type: ignore[arg-type]
-                    cam = torch.as_tensor(cam, device=act_p.device).detach().to(torch.float32)
-                    cam = torch.nan_to_num(cam.clamp_min(0), nan=0.0, posinf=0.0)
-                    cam = resize_maps(cam, spatial)
-                    layer_maps.append(minmax_normalize(cam) if normalize else cam)
-                maps = self.aggregate_multi_layers(layer_maps, normalize)
-            return CAMResult(
-                maps=maps,
-                layer_maps=layer_maps,
-                output=output.detach(),
-                scores=scores.detach(),
-                layer_names=list(self.layer_names),
-            )
+                    scores = self._scores(target_output, targets)
+                    grads: list[torch.Tensor | None] = [None] * len(activations)
+                    if track:
+                        computed = (
+                            self._gradients(scores, activations, retain_graph=True)
+                            if more
+                            else self._gradients(scores, activations)
+                        )
+                        grads = list(computed)
+                    layer_maps = []
+                    for (name, module), act, grad in zip(self.layers, activations, grads):
+                        act_p = self._prepare(name, act if self.create_graph else act.detach(), len(spatial), batch)
+                        grad_p = self._prepare(name, grad, len(spatial), batch) if grad is not None else None
+                        self.context = CallContext(
+                            input_tensor, targets, name, module, target_output.detach(), output_inverse
+                        )
+                        cam = self.get_cam_image(input_tensor, module, targets, act_p, grad_p, eigen_smooth)  # type: ignore[arg-type]
+                        cam = torch.as_tensor(cam, device=act_p.device).detach().to(torch.float32)
+                        cam = torch.nan_to_num(cam.clamp_min(0), nan=0.0, posinf=0.0)
+                        cam = resize_maps(cam, spatial)
+                        layer_maps.append(minmax_normalize(cam) if normalize else cam)
+                    results.append(
+                        CAMResult(
+                            maps=self.aggregate_multi_layers(layer_maps, normalize),
+                            layer_maps=layer_maps,
+                            output=output.detach(),
+                            scores=scores.detach(),
+                            layer_names=list(self.layer_names),
+                        )
+                    )
+            return results
         finally:
             taps.remove()
             taps.clear()
             state.restore()
             self.context = None
             self._input = None
+
+    def compute_multi(
+        self,
+        input_tensor: torch.Tensor,
+        target_sets: Sequence[Sequence[Target] | None],
+        *,
+        eigen_smooth: bool = False,
+        normalize: bool | None = None,
+    ) -> list[CAMResult]:
+        """Maps for several target sets (e.g. several classes) from **one** forward pass.
+
+        Each element of ``target_sets`` is what :meth:`compute` takes as ``targets`` (one target per
+        sample, or ``None``). The forward pass runs once; each set then gets its own gradient pass
+        (the graph is kept between sets and freed after the last). Every result shares ``output``.
+        Methods that replace :meth:`compute` (FullGrad, Guided Grad-CAM) or need second-order graphs
+        (ShapleyCAM) run one :meth:`compute` per set instead: same results, one forward each.
+        """
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                "CAMs need gradients, which torch.inference_mode() forbids. Call the CAM outside "
+                "inference_mode (torch.no_grad() is fine)."
+            )
+        sets = [None if t is None else list(t) for t in target_sets]
+        if not sets:
+            raise TargetError("target_sets is empty: pass at least one list of targets.")
+        normalize = self.normalize if normalize is None else normalize
+        if type(self).compute is not BaseCAM.compute or self.create_graph:
+            return [self.compute(input_tensor, t, eigen_smooth=eigen_smooth, normalize=normalize) for t in sets]
+        x = self._check_input(input_tensor)
+        return self._compute_sets(x, sets, eigen_smooth, normalize)
 
     def compute(
         self,
