@@ -343,13 +343,16 @@ class SlidingWindowCAM:
         """
         dims = tuple(a + 2 for a in flip_axes)
         x = torch.flip(patch, dims) if dims else patch
-        if len(targets) > 1:
-            x = x.expand(len(targets), *x.shape[1:])
         context = torch.autocast(self.device.type) if (self.autocast and self.device.type == "cuda") else _null()
         with context:
-            result = self.cam.compute(x, targets, normalize=False)
-        maps = result.maps.to(torch.float32)
-        output = result.output[0]
+            if len(targets) == 1:
+                result = self.cam.compute(x, targets, normalize=False)
+                maps = result.maps.to(torch.float32)
+                output = result.output[0]
+            else:  # one batch-1 forward, one gradient pass per target
+                results = self.cam.compute_multi(x, [[t] for t in targets], normalize=False)
+                maps = torch.cat([r.maps for r in results]).to(torch.float32)
+                output = results[0].output[0]
         if dims:
             maps = torch.flip(maps, tuple(a + 1 for a in flip_axes))
             if output.ndim == patch.ndim - 1 and tuple(output.shape[1:]) == tuple(patch.shape[2:]):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-BUILD_VERSION = "4"
+BUILD_VERSION = "5"
 TRAINER_NAME = "nnUNetTrainer"
 TRAIN_ITERATIONS = 12
 
@@ -47,11 +47,14 @@ class DatasetSpec:
     n_labels: int = 1
     file_ending: str = ".nii.gz"
     reader_writer: str | None = None
-    trainings: tuple[tuple[str, tuple[int, ...]], ...] = (("3d_fullres", (0,)),)
+    trainings: tuple[tuple[str, tuple[int | str, ...]], ...] = (("3d_fullres", (0,)),)
     n_folds: int = 2
     patch_3d: tuple[int, int, int] = (16, 16, 16)
     patch_2d: tuple[int, int] = (16, 16)
     features: tuple[int, ...] = (8, 16, 32, 64)
+    #: Spacing of the added ``3d_lowres`` stage relative to ``3d_fullres`` (used when ``trainings``
+    #: names ``3d_lowres``; the tiny images are too small for nnU-Net to plan a cascade itself).
+    lowres_factor: float = 1.6
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -70,13 +73,16 @@ SPHERE = DatasetSpec(
     spacing=(2.0, 1.0, 1.0),
     trainings=(("3d_fullres", (0, 1)), ("2d", (0,))),
 )
-#: Two channels (``_0000``, ``_0001``), labels 1 and 2, NIfTI read by nibabel, isotropic.
+#: Two channels (``_0000``, ``_0001``), labels 1 and 2, NIfTI read by nibabel, isotropic; also a
+#: cascade: ``3d_lowres`` (fold ``all``, whose validation writes the ``predicted_next_stage``
+#: segmentations of every training case, as nnU-Net does) and ``3d_cascade_fullres`` (fold 0).
 MULTI = DatasetSpec(
     dataset_id=972,
     name="MedcamMulti",
     n_channels=2,
     n_labels=2,
     reader_writer="NibabelIO",
+    trainings=(("3d_fullres", (0,)), ("3d_lowres", ("all",)), ("3d_cascade_fullres", (0,))),
 )
 ALL_SPECS = (SPHERE, MULTI)
 
@@ -142,8 +148,29 @@ def write_raw_dataset(spec: DatasetSpec, raw: Path) -> Path:
     return folder
 
 
+def _add_cascade(spec: DatasetSpec, plans: dict) -> None:
+    """Add ``3d_lowres`` and ``3d_cascade_fullres`` as nnU-Net's planner writes them when it plans a
+    cascade (``ExperimentPlanner.plan_experiment``): lowres is the fullres plan at a coarser spacing
+    with its own data identifier and ``next_stage``; the cascade inherits from fullres."""
+    configurations = plans["configurations"]
+    wanted = {c for c, _ in spec.trainings}
+    if "3d_lowres" not in wanted or "3d_lowres" in configurations:
+        return
+    lowres = json.loads(json.dumps(configurations["3d_fullres"]))
+    lowres["data_identifier"] = f"{plans['plans_name']}_3d_lowres"
+    lowres["spacing"] = [s * spec.lowres_factor for s in lowres["spacing"]]
+    lowres["median_image_size_in_voxels"] = [
+        round(s / spec.lowres_factor) for s in lowres["median_image_size_in_voxels"]
+    ]
+    if "3d_cascade_fullres" in wanted:
+        lowres["next_stage"] = "3d_cascade_fullres"
+        configurations["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    configurations["3d_lowres"] = lowres
+
+
 def _edit_plans(spec: DatasetSpec, plans_file: Path) -> None:
     plans = json.loads(plans_file.read_text())
+    _add_cascade(spec, plans)
     for name, config in plans["configurations"].items():
         if "architecture" not in config:
             continue
@@ -208,7 +235,8 @@ def build_dataset(spec: DatasetSpec, root: Path, quiet: bool = True) -> None:
             preprocessed = root / "nnUNet_preprocessed"
             _edit_plans(spec, preprocessed / spec.folder_name / "nnUNetPlans.json")
             _write_splits(spec, preprocessed)
-            configurations = tuple(dict.fromkeys(c for c, _ in spec.trainings))
+            # the cascade stage reads the 3d_fullres data (same data identifier): nothing to preprocess
+            configurations = tuple(dict.fromkeys(c for c, _ in spec.trainings if c != "3d_cascade_fullres"))
             preprocess([spec.dataset_id], configurations=configurations,
                        num_processes=[1] * len(configurations), show_progress_bar=False)
             torch.manual_seed(0)
@@ -255,13 +283,18 @@ def _train(spec: DatasetSpec, root: Path) -> None:
     trainer_class = _tiny_trainer_class()
     preprocessed = root / "nnUNet_preprocessed" / spec.folder_name
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    for configuration, folds in spec.trainings:
+    for configuration, folds in spec.trainings:  # a previous stage is listed before its next stage
         for fold in folds:
             plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
             plans["continue_training"] = False
             trainer = trainer_class(plans=plans, configuration=configuration, fold=fold,
                                     dataset_json=dataset_json, device=torch.device("cpu"))
             trainer.run_training()
+            if trainer.configuration_manager.next_stage_names:
+                # nnU-Net's validation (as nnUNetv2_train runs it) also writes, for every validation
+                # case, the segmentation resampled to the next stage into
+                # <model folder>/predicted_next_stage/<next stage>/: the cascade's training input.
+                trainer.perform_actual_validation(False)
 
 
 def build_all(root: Path, specs: tuple[DatasetSpec, ...] = ALL_SPECS, quiet: bool = True) -> Path:

@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         _match_masks,
         _match_prev_stage,
         load_predictor,
+        previous_stage_of,
     )
 
     folds = [f if f == "all" else int(f) for f in args.f]
@@ -149,6 +150,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"Missing required argument(s): {', '.join(missing)}.")
     if args.target == "mask" and not args.masks:
         raise ConfigurationError("--target mask needs --masks FOLDER (one <case><ending> mask per case).")
+    previous = previous_stage_of(args.m)
+    if previous is not None and not args.prev_stage_predictions:  # refused before loading any checkpoint
+        raise ConfigurationError(
+            f"{Path(args.m).name} is a cascade stage (previous stage: {previous}): pass -prev_stage_predictions "
+            f"FOLDER with the {previous} model's segmentations of these cases (e.g. from nnUNetv2_predict)."
+        )
     predictor = load_predictor(args.m, folds=folds, checkpoint_name=args.chk, device=device,
                                tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
                                verbose=args.verbose)

@@ -38,7 +38,14 @@ from medcam3d.sliding import (
     normalize_maps,
 )
 
-__all__ = ["NnUNetCAM", "CaseResult", "TargetMode", "run_cam_for_prediction", "suggested_layers"]
+__all__ = [
+    "NnUNetCAM",
+    "CaseResult",
+    "TargetMode",
+    "previous_stage_of",
+    "run_cam_for_prediction",
+    "suggested_layers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +122,25 @@ def load_predictor(
     predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(fold_list),
                                                    checkpoint_name=checkpoint_name)
     return predictor
+
+
+def previous_stage_of(model_folder: str | os.PathLike[str]) -> str | None:
+    """The previous cascade stage of a model folder (e.g. ``"3d_lowres"`` for a
+    ``…__3d_cascade_fullres`` folder), read from its ``plans.json`` without loading any checkpoint;
+    ``None`` when it is no cascade stage or the folder name does not follow nnU-Net's
+    ``Trainer__Plans__Configuration`` pattern (the loaded predictor is checked again later)."""
+    _import_nnunet()
+    from nnunetv2.utilities.file_path_utilities import convert_identifier_to_trainer_plans_config
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(model_folder)
+    try:
+        _, _, configuration = convert_identifier_to_trainer_plans_config(folder.name)
+        plans = PlansManager(str(folder / "plans.json"))
+        name = plans.get_configuration(configuration).previous_stage_name
+    except Exception:  # not nnU-Net's folder pattern, or an unknown configuration: leave it to the loader
+        return None
+    return None if name is None else str(name)
 
 
 def _plain_network(predictor: Any) -> torch.nn.Module:
