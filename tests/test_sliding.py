@@ -61,6 +61,26 @@ def test_unet_maps_shape_range_and_class_specific(unet):
     assert not torch.allclose(maps[0], maps[1])
 
 
+def test_several_targets_one_forward_each_equal_single_runs(unet):
+    """T targets: one batch-1 forward per (patch, mirror), and each map equals its single-target run."""
+    torch.manual_seed(3)
+    volume = torch.randn(1, 24, 20, 18)
+    cam = GradCAM(unet, target_layers=["model.1.submodule.0"])
+    engine = SlidingWindowCAM(cam, (16, 16, 16), step_size=0.5, mirror_axes=(0,), progress=False)
+    batch_sizes: list[int] = []
+    handle = unet.register_forward_pre_hook(lambda _m, args: batch_sizes.append(int(args[0].shape[0])))
+    try:
+        both = engine(volume, [SlidingSegmentationTarget(0), SlidingSegmentationTarget(1)])
+        n_both = len(batch_sizes)
+        singles = [engine(volume, [SlidingSegmentationTarget(k)])[0] for k in (0, 1)]
+    finally:
+        handle.remove()
+    assert set(batch_sizes) == {1}
+    assert n_both == 8 * 2 and len(batch_sizes) == 3 * n_both  # 8 patches x 2 mirrors, per run
+    for k in range(2):
+        torch.testing.assert_close(both[k], singles[k], rtol=0, atol=0)
+
+
 def test_single_patch_equals_plain_cam(unet):
     """A volume of exactly one patch without mirroring gives the plain CAM, normalised once."""
     from medcam3d.utils.model_targets import SemanticSegmentationTarget
