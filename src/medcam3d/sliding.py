@@ -336,7 +336,8 @@ class SlidingWindowCAM:
     def forward_patch(
         self, patch: torch.Tensor, targets: list[Target], flip_axes: tuple[int, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward (and backward) pass on a ``(1, C, *patch)`` patch, mirrored along ``flip_axes``.
+        """One forward pass on a ``(1, C, *patch)`` patch, mirrored along ``flip_axes``, and one
+        gradient pass per target (:meth:`BaseCAM.compute_multi` for several targets: the batch stays 1).
 
         Returns the raw maps ``(T, *patch)`` and the model output ``(C_out, *patch)`` (first sample),
         both flipped back to the patch's orientation.
