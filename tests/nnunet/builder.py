@@ -6,7 +6,12 @@ nnU-Net's fingerprint extraction, experiment planning and preprocessing, and is 
 own trainer with a one-epoch schedule of a few iterations (see :func:`_tiny_trainer_class`). The plans are
 edited between planning and preprocessing, as nnU-Net's documentation describes for custom
 plans, to make the patch smaller than the image (so that sliding windows really slide) and the
-network narrow (so that training takes seconds on a CPU).
+network narrow (so that training takes seconds on a CPU). For the cascade (MULTI), the plans get
+``3d_lowres`` and ``3d_cascade_fullres`` configurations as nnU-Net's planner writes them (the tiny
+images are too small for the planner to want one); ``3d_lowres`` is trained on fold ``all`` and
+nnU-Net's own validation of it (``perform_actual_validation``, as ``nnUNetv2_train`` runs it) writes
+the ``predicted_next_stage`` segmentations of every training case that ``3d_cascade_fullres``
+then trains on.
 
 Results can be cached in a persistent folder (``MEDCAM3D_TEST_CACHE``, default
 ``~/.cache/medcam3d-tests``) keyed by :data:`BUILD_VERSION` and the nnU-Net version.
@@ -32,6 +37,7 @@ import numpy as np
 BUILD_VERSION = "5"
 TRAINER_NAME = "nnUNetTrainer"
 TRAIN_ITERATIONS = 12
+TEMPORARY_PREFIX = "medcam3d-nnunet-"
 
 
 @dataclass(frozen=True)
@@ -319,14 +325,14 @@ def cached_build(specs: tuple[DatasetSpec, ...] = ALL_SPECS) -> Path:
     """
     cache_setting = os.environ.get("MEDCAM3D_TEST_CACHE", str(Path.home() / ".cache" / "medcam3d-tests"))
     if cache_setting in ("0", "", "off"):
-        return build_all(Path(tempfile.mkdtemp(prefix="medcam3d-nnunet-")), specs)
+        return build_all(Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX)), specs)
     final = Path(cache_setting) / cache_key()
     if (final / "COMPLETE").exists():
         return final
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError:  # no writable cache: build in a temporary folder
-        return build_all(Path(tempfile.mkdtemp(prefix="medcam3d-nnunet-")), specs)
+        return build_all(Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX)), specs)
     work = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
     try:
         build_all(work, specs)

@@ -1,11 +1,12 @@
 """Fixtures for the nnU-Net tests: real model folders made by nnU-Net's own pipeline.
 
-Built once per test session (about a minute or two on 2 CPU cores) by ``builder.py``, cached in
+Built once per test session (about 70 s on 2 idle CPU cores) by ``builder.py``, cached in
 ``~/.cache/medcam3d-tests`` (``MEDCAM3D_TEST_CACHE=0`` disables the persistent cache).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,8 +36,12 @@ class NnUNetFixture:
 @pytest.fixture(scope="session")
 def nnunet_models() -> Iterator[NnUNetFixture]:
     root = builder.cached_build()
-    with builder.nnunet_environment(root) as env:
-        yield NnUNetFixture(root, env)
+    try:
+        with builder.nnunet_environment(root) as env:
+            yield NnUNetFixture(root, env)
+    finally:
+        if root.name.startswith(builder.TEMPORARY_PREFIX):  # cache disabled or not writable: clean up
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
