@@ -148,10 +148,14 @@ class FullGrad(BaseCAM):
                 )
         return output, raw_output
 
-    def _gradients(self, scores: torch.Tensor, activations: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _gradients(
+        self, scores: torch.Tensor, activations: list[torch.Tensor], retain_graph: bool = False
+    ) -> list[torch.Tensor]:
         x = self._input
         assert x is not None
-        grads = torch.autograd.grad(scores.sum(), [*activations, x], allow_unused=True)
+        grads = torch.autograd.grad(
+            scores.sum(), [*activations, x], allow_unused=True, retain_graph=True if retain_graph else None
+        )
         input_grad = grads[-1] if grads[-1] is not None else torch.zeros_like(x)
         self._input_term = _per_channel_minmax_sum((input_grad.detach() * x.detach()).abs().float())
         return [
