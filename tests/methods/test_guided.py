@@ -97,3 +97,26 @@ def test_guided_gradcam_is_guided_times_cam(ndim: int) -> None:
     peak = expected.reshape(2, -1).max(dim=1).values.reshape(2, *([1] * ndim))
     expected = expected / torch.where(peak > 0, peak, torch.ones_like(peak))  # an all-zero map stays 0
     torch.testing.assert_close(reduced, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_guided_gradcam_takes_one_forward_pass_and_leaves_no_hooks() -> None:
+    torch.manual_seed(0)
+    model = Chain(3).eval()
+    x = torch.randn(2, 2, 6, 10, 8)
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(2)]
+    layer = model.layers[4]
+    calls = [0]
+    counter = model.register_forward_hook(lambda m, i, o: calls.__setitem__(0, calls[0] + 1))
+    try:
+        full = GuidedGradCAM(model, [layer], channel_reduction=None, return_tensor=True)(x, targets)
+    finally:
+        counter.remove()
+    assert calls[0] == 1, "Grad-CAM and guided backpropagation should share one forward pass"
+    cam = GradCAM(model, [layer], return_tensor=True)(x, targets)
+    torch.testing.assert_close(full, hand_guided(model, x, [1, 2]) * cam[:, None], rtol=1e-4, atol=1e-7)
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    assert hooks == 0 and all(p.grad is None for p in model.parameters())
+    # aug_smooth: the smoothed Grad-CAM map times the guided gradient of the original input
+    smoothed = GuidedGradCAM(model, [layer], channel_reduction=None, return_tensor=True)(x, targets, aug_smooth=True)
+    smoothed_cam = GradCAM(model, [layer], return_tensor=True)(x, targets, aug_smooth=True)
+    torch.testing.assert_close(smoothed, hand_guided(model, x, [1, 2]) * smoothed_cam[:, None], rtol=1e-4, atol=1e-6)

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from medcam3d.core.base import CAMResult, Target, _ModelState, model_device
 from medcam3d.core.layers import LayerSpec
+from medcam3d.core.taps import LayerTaps
 from medcam3d.core.tensors import minmax_normalize
 from medcam3d.errors import InputShapeError, TargetError
 from medcam3d.methods.gradient import GradCAM
@@ -45,9 +46,18 @@ GUIDED_ACTIVATIONS: tuple[type[nn.Module], ...] = (
 class GuidedBackpropHooks:
     """Context manager: guided backward passes through every rectifier module of ``model``."""
 
-    def __init__(self, model: nn.Module, activation_types: tuple[type[nn.Module], ...] = GUIDED_ACTIVATIONS) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        activation_types: tuple[type[nn.Module], ...] = GUIDED_ACTIVATIONS,
+        active: bool = True,
+    ) -> None:
         self.model = model
         self.activation_types = activation_types
+        #: whether backward passes are guided now; the tensor hooks installed during the forward
+        #: pass read it when the gradient flows, so one forward can serve an ordinary backward pass
+        #: (active=False) and a guided one (active=True)
+        self.active = active
         self._masks: dict[int, list[torch.Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -60,7 +70,7 @@ class GuidedBackpropHooks:
             return
         mask = stack.pop()
         if isinstance(output, torch.Tensor) and output.requires_grad:
-            output.register_hook(lambda grad, positive=mask: grad.clamp_min(0) * positive)
+            output.register_hook(lambda grad, positive=mask: grad.clamp_min(0) * positive if self.active else None)
 
     def __enter__(self) -> GuidedBackpropHooks:
         for module in self.model.modules():
@@ -184,9 +194,33 @@ class GuidedGradCAM(GradCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
+        self.compute_input_gradient = True  # the guided pass differentiates with respect to the input
+        self._hooks: GuidedBackpropHooks | None = None
+        self._guided: torch.Tensor | None = None
         if channel_reduction not in ("abs-sum", None):
             raise ValueError(f"channel_reduction must be 'abs-sum' or None, got {channel_reduction!r}.")
         self.channel_reduction = channel_reduction
+
+    def _forward(self, input_tensor: torch.Tensor, taps: LayerTaps) -> tuple[torch.Tensor, Any]:
+        # The forward pass installs the guidance hooks switched off: the Grad-CAM gradient flows
+        # through ordinary rectifiers, then _gradients switches them on for the guided pass.
+        self._hooks = GuidedBackpropHooks(self.model, active=False)
+        with self._hooks:
+            return super()._forward(input_tensor, taps)
+
+    def _gradients(
+        self, scores: torch.Tensor, activations: list[torch.Tensor], retain_graph: bool = False
+    ) -> list[torch.Tensor]:
+        grads = super()._gradients(scores, activations, retain_graph=True)
+        x, hooks = self._input, self._hooks
+        assert x is not None and hooks is not None
+        hooks.active = True
+        try:
+            (guided,) = torch.autograd.grad(scores.sum(), x, retain_graph=True if retain_graph else None)
+        finally:
+            hooks.active = False
+        self._guided = guided.detach()
+        return grads
 
     def compute(
         self,
@@ -197,12 +231,28 @@ class GuidedGradCAM(GradCAM):
         eigen_smooth: bool = False,
         normalize: bool | None = None,
     ) -> CAMResult:
+        """Grad-CAM and guided backpropagation from **one** forward pass (two backward passes).
+
+        With ``aug_smooth`` the Grad-CAM map is averaged over the test-time transforms and the guided
+        gradient is taken once, on the untransformed input.
+        """
         normalize = self.normalize if normalize is None else normalize
-        result = super().compute(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, normalize=normalize)
-        target_list = list(targets) if targets is not None else self.default_targets(result.output)
-        guided = guided_backprop(
-            self.model, self._check_input(input_tensor), target_list, self.output_index, self.eval_mode
-        )
+        self._guided = None
+        try:
+            result = super().compute(
+                input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, normalize=normalize
+            )
+            if aug_smooth:
+                target_list = list(targets) if targets is not None else self.default_targets(result.output)
+                guided = guided_backprop(
+                    self.model, self._check_input(input_tensor), target_list, self.output_index, self.eval_mode
+                )
+            else:
+                assert self._guided is not None
+                guided = self._guided
+        finally:
+            self._guided = None
+            self._hooks = None
         product = guided * result.maps.unsqueeze(1).to(guided.dtype)
         if self.channel_reduction == "abs-sum":
             reduced = product.abs().sum(dim=1)
