@@ -39,7 +39,7 @@ from medcam3d.errors import (
     TargetError,
 )
 
-__all__ = ["BaseCAM", "CAMResult", "CallContext", "model_device"]
+__all__ = ["BaseCAM", "CAMResult", "CallContext", "model_device", "select_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,38 @@ def model_device(model: nn.Module, fallback: torch.device | None = None) -> torc
     for buffer in model.buffers():
         return buffer.device
     return fallback if fallback is not None else torch.device("cpu")
+
+
+def select_output(raw_output: Any, output_index: OutputIndex = 0) -> torch.Tensor:
+    """The tensor of logits in a model output: the output itself, or the element ``output_index``
+    picks from a tuple/list (index) or dict (key, or position); a clear error otherwise."""
+    out = raw_output
+    if isinstance(out, dict):
+        key = output_index
+        if key not in out:
+            if isinstance(key, int) and 0 <= key < len(out):
+                key = list(out.keys())[key]
+            else:
+                raise ModelOutputError(
+                    f"The model returns a dict with keys {list(out.keys())}; output_index={output_index!r} "
+                    "is not one of them. Pass output_index=<key>."
+                )
+        out = out[key]
+    elif isinstance(out, (tuple, list)):
+        index = output_index
+        if not isinstance(index, int) or not -len(out) <= index < len(out):
+            raise ModelOutputError(
+                f"The model returns a {type(out).__name__} of {len(out)} elements; output_index="
+                f"{output_index!r} does not pick one. Pass an index from 0 to {len(out) - 1} "
+                "(0 is the full-resolution output for deep supervision)."
+            )
+        out = out[index]
+    if not isinstance(out, torch.Tensor):
+        raise ModelOutputError(
+            f"The selected model output is a {type(out).__name__}, not a tensor. "
+            "Use output_index to pick the tensor of logits."
+        )
+    return out
 
 
 class _ModelState:
@@ -298,33 +330,7 @@ class BaseCAM:
         return input_tensor.to(self.device)
 
     def _select_output(self, raw_output: Any) -> torch.Tensor:
-        out = raw_output
-        if isinstance(out, dict):
-            key = self.output_index
-            if key not in out:
-                if isinstance(key, int) and 0 <= key < len(out):
-                    key = list(out.keys())[key]
-                else:
-                    raise ModelOutputError(
-                        f"The model returns a dict with keys {list(out.keys())}; output_index={self.output_index!r} "
-                        "is not one of them. Pass output_index=<key>."
-                    )
-            out = out[key]
-        elif isinstance(out, (tuple, list)):
-            index = self.output_index
-            if not isinstance(index, int) or not -len(out) <= index < len(out):
-                raise ModelOutputError(
-                    f"The model returns a {type(out).__name__} of {len(out)} elements; output_index="
-                    f"{self.output_index!r} does not pick one. Pass an index from 0 to {len(out) - 1} "
-                    "(0 is the full-resolution output for deep supervision)."
-                )
-            out = out[index]
-        if not isinstance(out, torch.Tensor):
-            raise ModelOutputError(
-                f"The selected model output is a {type(out).__name__}, not a tensor. "
-                "Use output_index to pick the tensor of logits."
-            )
-        return out
+        return select_output(raw_output, self.output_index)
 
     def _check_targets(self, targets: Any, batch: int) -> list[Target]:
         if callable(targets) and not isinstance(targets, (list, tuple)):

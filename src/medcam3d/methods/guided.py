@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from medcam3d.core.base import CAMResult, Target, _ModelState, model_device
+from medcam3d.core.base import CAMResult, Target, _ModelState, model_device, select_output
 from medcam3d.core.layers import LayerSpec
 from medcam3d.core.taps import LayerTaps
 from medcam3d.core.tensors import minmax_normalize
@@ -88,16 +88,6 @@ class GuidedBackpropHooks:
         self._masks.clear()
 
 
-def _select(output: Any, output_index: int | str) -> torch.Tensor:
-    if isinstance(output, dict):
-        output = output[output_index] if output_index in output else list(output.values())[int(output_index)]
-    elif isinstance(output, (tuple, list)):
-        output = output[int(output_index)]
-    if not isinstance(output, torch.Tensor):
-        raise TargetError(f"The selected model output is a {type(output).__name__}, not a tensor; use output_index.")
-    return output
-
-
 def _as_targets(target_category: Any, output: torch.Tensor) -> list[Target]:
     n = output.shape[0]
     if target_category is None:
@@ -145,7 +135,7 @@ def guided_backprop(
         with torch.enable_grad():
             x = input_tensor.detach().to(device).requires_grad_(True)
             with GuidedBackpropHooks(model):
-                output = _select(model(x), output_index)
+                output = select_output(model(x), output_index)
                 target_list = _as_targets(targets, output)
                 score = torch.stack([torch.as_tensor(t(output[i])).sum() for i, t in enumerate(target_list)]).sum()
                 (grad,) = torch.autograd.grad(score, x)
