@@ -191,7 +191,7 @@ class SlidingSegmentationTarget:
         self._padded_mask = F.pad(mask, flat) if any(flat) else mask
 
     def for_patch(self, info: PatchInfo) -> Target:
-        from medcam3d.utils.model_targets import SemanticSegmentationTarget
+        from medcam3d.core.targets import SemanticSegmentationTarget
 
         category = self.category
         if self.whole_channel:

@@ -280,7 +280,7 @@ class BaseCAM:
 
     def default_targets(self, output: torch.Tensor) -> list[Target]:
         """Targets when ``targets=None``: the highest-scoring class of a classifier output."""
-        from medcam3d.utils.model_targets import ClassifierOutputTarget
+        from medcam3d.core.targets import ClassifierOutputTarget
 
         if output.ndim == 2:
             categories = output.argmax(dim=1)

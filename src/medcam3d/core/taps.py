@@ -42,7 +42,7 @@ class LayerTaps:
         self.calls: dict[str, int] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _make_hook(self, name: str):  # type: ignore[no-untyped-def]
+    def _make_hook(self, name: str):
         def hook(module: nn.Module, inputs: object, output: object) -> torch.Tensor | None:
             if not isinstance(output, torch.Tensor):
                 raise LayerOutputError(

@@ -141,7 +141,7 @@ class DemoResult:
 
         out = clean(asdict(self))
         out["hits"] = self.hits
-        return out  # type: ignore[no-any-return]
+        return out
 
 
 def demo_methods() -> dict[str, type]:
@@ -252,7 +252,7 @@ def run_demo(
         :class:`DemoResult`. The maps are ``(D, H, W)`` = ``(z, y, x)``, in [0, 1].
     """
     from medcam3d.io import write_image, write_map
-    from medcam3d.utils.model_targets import ClassifierOutputTarget
+    from medcam3d.core.targets import ClassifierOutputTarget
 
     start = time.perf_counter()
     registry = demo_methods()

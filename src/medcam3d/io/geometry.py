@@ -48,7 +48,7 @@ def _triple(values: Sequence[float], name: str) -> tuple[float, float, float]:
         raise GeometryError(f"{name} must have 3 values (x, y, z), got {len(out)}: {tuple(values)!r}.")
     if not all(np.isfinite(out)):
         raise GeometryError(f"{name} must be finite, got {out!r}.")
-    return out  # type: ignore[return-value]
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,8 +196,8 @@ class Geometry:
             )
         return cls(
             shape=tuple(int(s) for s in shape_zyx),  # type: ignore[arg-type]
-            spacing=tuple(spacing),  # type: ignore[arg-type]
-            origin=tuple(flip @ a[:3, 3]),  # type: ignore[arg-type]
+            spacing=tuple(spacing),
+            origin=tuple(flip @ a[:3, 3]),
             direction=direction,
         )
 

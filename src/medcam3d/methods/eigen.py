@@ -32,7 +32,7 @@ class EigenCAM(BaseCAM):
 
     uses_gradients = False
 
-    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False) -> torch.Tensor:  # type: ignore[override]
+    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False) -> torch.Tensor:
         return first_component_projection(activations)
 
 
@@ -158,7 +158,7 @@ class KPCA_CAM(BaseCAM):
         self.landmarks = landmarks
         self.seed = seed
 
-    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False) -> torch.Tensor:  # type: ignore[override]
+    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False) -> torch.Tensor:
         return kernel_pca_projection(
             activations, self.kernel, self.gamma, landmarks=self.landmarks, seed=self.seed
         )

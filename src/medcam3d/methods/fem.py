@@ -37,7 +37,7 @@ class FEM(BaseCAM):
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         self.k = k
 
-    def weighted_activations(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+    def weighted_activations(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
         axes = spatial_axes(activations)
         mean = activations.mean(dim=axes, keepdim=True)
         std = activations.std(dim=axes, keepdim=True, unbiased=False)
@@ -45,6 +45,6 @@ class FEM(BaseCAM):
         weights = above.mean(dim=axes)
         return broadcast_channels(weights, activations) * activations
 
-    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False) -> torch.Tensor:  # type: ignore[override]
+    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False) -> torch.Tensor:
         weighted = self.weighted_activations(activations, grads)
         return first_component_projection(weighted) if eigen_smooth else weighted.sum(dim=1)

@@ -13,7 +13,7 @@ from medcam3d.core.base import BaseCAM, CAMResult, Target
 from medcam3d.core.layers import LayerSpec
 from medcam3d.errors import TargetError
 from medcam3d.methods.gradient import GradCAM
-from medcam3d.utils.model_targets import FinerWeightedTarget
+from medcam3d.core.targets import FinerWeightedTarget
 
 __all__ = ["FinerCAM", "FinerAutoTarget"]
 

@@ -155,7 +155,7 @@ class RandomCAM(BaseCAM):
         super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
         self.seed = seed
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=activations.device).manual_seed(self.seed)

@@ -27,7 +27,7 @@ from medcam3d.core.taps import LayerTaps
 from medcam3d.core.tensors import minmax_normalize
 from medcam3d.errors import InputShapeError, TargetError
 from medcam3d.methods.gradient import GradCAM
-from medcam3d.utils.model_targets import ClassifierOutputTarget
+from medcam3d.core.targets import ClassifierOutputTarget
 
 __all__ = ["GuidedBackpropHooks", "guided_backprop", "GuidedBackpropReLUModel", "GuidedGradCAM"]
 

@@ -150,7 +150,7 @@ class ScoreCAM(PerturbationCAM):
     :class:`PerturbationCAM` for chunking and the memory budget.
     """
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
         ctx = self.context
         assert ctx is not None
         x = ctx.input_tensor
@@ -235,7 +235,7 @@ class AblationCAM(PerturbationCAM):
             return spatial_mean(activations).topk(k, dim=1).indices.sort(dim=1).values
         return super().channel_selection(activations)
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
         ctx = self.context
         assert ctx is not None
         x = ctx.input_tensor

@@ -67,7 +67,7 @@ def list_layers(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> 
     counter = [0]
     handles = []
 
-    def make_hook(name: str):  # type: ignore[no-untyped-def]
+    def make_hook(name: str):
         def hook(module: nn.Module, inputs: object, output: object) -> None:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
             seen[name] = (shape, counter[0])

@@ -227,12 +227,12 @@ def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
     values = tuple(float(s) for s in spacing)
     if len(values) != 3 or min(values) <= 0:
         raise ConfigurationError(f"spacing must be 3 positive values in (z, y, x) order, got {spacing!r}.")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _peak(cam: np.ndarray) -> tuple[int, int, int]:
     if not np.any(np.isfinite(cam)):
-        return tuple(s // 2 for s in cam.shape)  # type: ignore[return-value]
+        return tuple(s // 2 for s in cam.shape)
     return tuple(int(i) for i in np.unravel_index(int(np.nanargmax(cam)), cam.shape))  # type: ignore[return-value]
 
 

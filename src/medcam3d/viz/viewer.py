@@ -133,7 +133,7 @@ def viewer_html(
             f"The map must be a volume (D, H, W) in (z, y, x) order, got shape {cam_array.shape}."
         )
     if image_geometry is None:
-        image_geometry = Geometry(shape=image_array.shape)  # type: ignore[arg-type]
+        image_geometry = Geometry(shape=image_array.shape)
     if image_array.shape != image_geometry.shape:
         raise GeometryError(
             f"The image array {image_array.shape} does not match its geometry {image_geometry.shape}."
