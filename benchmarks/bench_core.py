@@ -30,7 +30,9 @@ from medcam3d.utils.model_targets import ClassifierOutputTarget
 
 def block(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True)
+        nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm3d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -82,7 +84,9 @@ def implementations(base_model: nn.Module, x: torch.Tensor, cls: int) -> dict[st
         captum_model = fresh()
         lgc = LayerGradCam(captum_model, captum_model.stage4)
         impls["captum LayerGradCam"] = lambda: LayerAttribution.interpolate(
-            lgc.attribute(x, target=cls, relu_attributions=True), tuple(x.shape[2:]), interpolate_mode="trilinear"
+            lgc.attribute(x, target=cls, relu_attributions=True),
+            tuple(x.shape[2:]),
+            interpolate_mode="trilinear",
         )
     except ImportError:
         pass
@@ -99,7 +103,9 @@ def implementations(base_model: nn.Module, x: torch.Tensor, cls: int) -> dict[st
         torchcam_model = fresh()
 
         def run_torchcam() -> object:
-            with TorchcamGradCAM(torchcam_model, target_layer="stage4", input_shape=tuple(x.shape[1:])) as extractor:
+            with TorchcamGradCAM(
+                torchcam_model, target_layer="stage4", input_shape=tuple(x.shape[1:])
+            ) as extractor:
                 scores = torchcam_model(x)
                 maps = extractor(class_idx=[cls] * x.shape[0], scores=scores, normalized=False)[0]
             return F.interpolate(maps[:, None], size=x.shape[2:], mode="trilinear", align_corners=False)
@@ -116,7 +122,9 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
@@ -127,8 +135,10 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = Small3DCNN().to(device).eval()
-    print(f"# GradCAM benchmark — torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"device {device}, {args.threads} threads, batch {args.batch}, {args.repeats} rounds")
+    print(
+        f"# GradCAM benchmark — torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"device {device}, {args.threads} threads, batch {args.batch}, {args.repeats} rounds"
+    )
     for size in args.sizes:
         x = torch.randn(args.batch, 1, size, size, size, device=device)
         impls = implementations(model, x, cls=1)

@@ -217,7 +217,9 @@ def case_scorecam_ours_top8(repeats: int) -> dict[str, Any]:
     from medcam3d.utils.model_targets import ClassifierOutputTarget
 
     model, x = perturb_setup()
-    cam = ScoreCAM(model, [model.features[4]], batch_size=CHUNK, top_k_channels=8, progress=False, return_tensor=True)
+    cam = ScoreCAM(
+        model, [model.features[4]], batch_size=CHUNK, top_k_channels=8, progress=False, return_tensor=True
+    )
     return measure(lambda: cam(x, [ClassifierOutputTarget(0)]), repeats)
 
 
@@ -242,7 +244,10 @@ def case_scorecam_paired(repeats: int) -> dict[str, Any]:
 
         times: dict[str, list[float]] = {"ours": [], "torchcam": []}
         for _ in range(max(3, repeats) + 1):
-            for name, fn in (("ours", lambda ours=ours, x=x: ours(x, [ClassifierOutputTarget(0)])), ("torchcam", run_theirs)):
+            for name, fn in (
+                ("ours", lambda ours=ours, x=x: ours(x, [ClassifierOutputTarget(0)])),
+                ("torchcam", run_theirs),
+            ):
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
@@ -306,7 +311,11 @@ def run_case(name: str, repeats: int, timeout: float) -> dict[str, Any]:
 def markdown(results: dict[str, dict[str, Any]]) -> str:
     def cell(name: str, key: str, fmt: str = "{:.3f}") -> str:
         value = results.get(name, {}).get(key)
-        return fmt.format(value) if isinstance(value, (int, float)) else results.get(name, {}).get("error", "n/a")
+        return (
+            fmt.format(value)
+            if isinstance(value, (int, float))
+            else results.get(name, {}).get("error", "n/a")
+        )
 
     lines = [
         "| case | time (s) | extra peak memory (MB) |",

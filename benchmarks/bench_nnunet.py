@@ -40,8 +40,9 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
     time_bin = shutil.which("time") or "/usr/bin/time"
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
         start = time.perf_counter()
-        proc = subprocess.run([time_bin, "-f", "%M", "-o", report.name, *cmd], env=env, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            [time_bin, "-f", "%M", "-o", report.name, *cmd], env=env, capture_output=True, text=True
+        )
         wall = time.perf_counter() - start
         text = Path(report.name).read_text().strip().splitlines()
     peak_kib = float(text[-1]) if text and text[-1].strip().isdigit() else float("nan")
@@ -63,9 +64,14 @@ def main() -> int:
     parser.add_argument("--layers", nargs="+", default=["encoder.stages.3", "decoder.stages.2"])
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--json", type=str, default=None)
-    parser.add_argument("--inprocess", type=int, default=0, metavar="EDGE",
-                        help="only time the prediction loops in-process on an EDGE³ preprocessed array "
-                             "(interleaved, minimum of --repeat runs)")
+    parser.add_argument(
+        "--inprocess",
+        type=int,
+        default=0,
+        metavar="EDGE",
+        help="only time the prediction loops in-process on an EDGE³ preprocessed array "
+        "(interleaved, minimum of --repeat runs)",
+    )
     args = parser.parse_args()
     if args.inprocess:
         return inprocess(args.inprocess, args.layers, max(args.repeat, 1))
@@ -74,33 +80,100 @@ def main() -> int:
     spec = builder.SPHERE
     model = spec.model_folder(root / "nnUNet_results", "3d_fullres")
     work = Path(tempfile.mkdtemp(prefix="bench-nnunet-"))
-    scenarios = [("fixture 2×32³, folds 0 1, TTA", make_inputs(work / "in_fixture", [(32, 32, 32), (32, 32, 32)]),
-                  ["0", "1"], True)]
+    scenarios = [
+        (
+            "fixture 2×32³, folds 0 1, TTA",
+            make_inputs(work / "in_fixture", [(32, 32, 32), (32, 32, 32)]),
+            ["0", "1"],
+            True,
+        )
+    ]
     if not args.skip_large:
         n = args.large
-        scenarios.append((f"large 1×{n}³, fold 0, no TTA", make_inputs(work / "in_large", [(n, n, n)]), ["0"], False))
+        scenarios.append(
+            (f"large 1×{n}³, fold 0, no TTA", make_inputs(work / "in_large", [(n, n, n)]), ["0"], False)
+        )
     peer = importlib.util.find_spec("nnunetv2_cam") is not None
     rows = []
     with builder.nnunet_environment(root) as nn_env:
         env = dict(os.environ, **nn_env, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
         for title, inputs, folds, tta in scenarios:
             tools: list[tuple[str, list[str]]] = []
-            reference = [shutil.which("nnUNetv2_predict") or "nnUNetv2_predict", "-i", str(inputs), "-o",
-                         str(work / "out_ref"), "-d", str(spec.dataset_id), "-c", "3d_fullres", "-tr",
-                         builder.TRAINER_NAME, "-f", *folds, "-device", "cpu", "-npp", "1", "-nps", "1",
-                         "--disable_progress_bar", *([] if tta else ["--disable_tta"])]
+            reference = [
+                shutil.which("nnUNetv2_predict") or "nnUNetv2_predict",
+                "-i",
+                str(inputs),
+                "-o",
+                str(work / "out_ref"),
+                "-d",
+                str(spec.dataset_id),
+                "-c",
+                "3d_fullres",
+                "-tr",
+                builder.TRAINER_NAME,
+                "-f",
+                *folds,
+                "-device",
+                "cpu",
+                "-npp",
+                "1",
+                "-nps",
+                "1",
+                "--disable_progress_bar",
+                *([] if tta else ["--disable_tta"]),
+            ]
             tools.append(("nnUNetv2_predict", reference))
             for layer in args.layers:
-                tools.append((f"medcam3d nnunet ({layer})",
-                              [sys.executable, "-m", "medcam3d.nnunet.cli", "-i", str(inputs), "-o",
-                               str(work / "out_ours"), "-m", str(model), "-f", *folds, "--target-layer", layer,
-                               "-device", "cpu", "--no-progress", "--no-save-slices",
-                               *([] if tta else ["--disable-tta"])]))
+                tools.append(
+                    (
+                        f"medcam3d nnunet ({layer})",
+                        [
+                            sys.executable,
+                            "-m",
+                            "medcam3d.nnunet.cli",
+                            "-i",
+                            str(inputs),
+                            "-o",
+                            str(work / "out_ours"),
+                            "-m",
+                            str(model),
+                            "-f",
+                            *folds,
+                            "--target-layer",
+                            layer,
+                            "-device",
+                            "cpu",
+                            "--no-progress",
+                            "--no-save-slices",
+                            *([] if tta else ["--disable-tta"]),
+                        ],
+                    )
+                )
             if peer:
-                tools.append(("nnunetv2_cam", [shutil.which("nnunetv2_cam") or "nnunetv2_cam", "-i", str(inputs),
-                                               "-o", str(work / "out_peer"), "-m", str(model), "-f", *folds,
-                                               "--target-layer", args.layers[0], "--cam-type", "3d", "-device", "cpu",
-                                               "--no-save-slices", *([] if tta else ["--disable-tta"])]))
+                tools.append(
+                    (
+                        "nnunetv2_cam",
+                        [
+                            shutil.which("nnunetv2_cam") or "nnunetv2_cam",
+                            "-i",
+                            str(inputs),
+                            "-o",
+                            str(work / "out_peer"),
+                            "-m",
+                            str(model),
+                            "-f",
+                            *folds,
+                            "--target-layer",
+                            args.layers[0],
+                            "--cam-type",
+                            "3d",
+                            "-device",
+                            "cpu",
+                            "--no-save-slices",
+                            *([] if tta else ["--disable-tta"]),
+                        ],
+                    )
+                )
             results: dict[str, tuple[float, float, int, str]] = {}
             for _ in range(args.repeat):
                 for name, cmd in tools:
@@ -110,17 +183,31 @@ def main() -> int:
                         results[name] = (wall, peak, code, err)
             base = results["nnUNetv2_predict"][0]
             for name, (wall, peak, code, err) in results.items():
-                status = "ok" if code == 0 else f"failed: {err.strip().splitlines()[-1] if err.strip() else code}"
-                rows.append({"scenario": title, "tool": name, "wall_s": round(wall, 2), "peak_rss_mib": round(peak),
-                             "ratio_to_nnunet": round(wall / base, 2) if code == 0 else None, "status": status})
+                status = (
+                    "ok" if code == 0 else f"failed: {err.strip().splitlines()[-1] if err.strip() else code}"
+                )
+                rows.append(
+                    {
+                        "scenario": title,
+                        "tool": name,
+                        "wall_s": round(wall, 2),
+                        "peak_rss_mib": round(peak),
+                        "ratio_to_nnunet": round(wall / base, 2) if code == 0 else None,
+                        "status": status,
+                    }
+                )
     shutil.rmtree(work, ignore_errors=True)
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
-          f"torch threads default; each tool a separate command (start-up and model loading included).\n")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU; "
+        f"torch threads default; each tool a separate command (start-up and model loading included).\n"
+    )
     print("| scenario | tool | wall (s) | × nnUNetv2_predict | peak RSS (MiB) | status |")
     print("|---|---|---:|---:|---:|---|")
     for r in rows:
         ratio = "" if r["ratio_to_nnunet"] is None else f"{r['ratio_to_nnunet']:.2f}"
-        print(f"| {r['scenario']} | {r['tool']} | {r['wall_s']:.1f} | {ratio} | {r['peak_rss_mib']} | {r['status']} |")
+        print(
+            f"| {r['scenario']} | {r['tool']} | {r['wall_s']:.1f} | {ratio} | {r['peak_rss_mib']} | {r['status']} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
@@ -136,7 +223,9 @@ def inprocess(edge: int, layers: list[str], repeat: int) -> int:
         from medcam3d.nnunet import NnUNetCAM, load_predictor
 
         model = builder.SPHERE.model_folder(root / "nnUNet_results", "3d_fullres")
-        print(f"In-process loops on a 1×{edge}³ preprocessed array, fold 0; minimum of {repeat} interleaved runs.\n")
+        print(
+            f"In-process loops on a 1×{edge}³ preprocessed array, fold 0; minimum of {repeat} interleaved runs.\n"
+        )
         print("| TTA | loop | wall (s) | × nnU-Net | patches × passes | logits identical |")
         print("|---|---|---:|---:|---:|---|")
         for tta in (False, True):
@@ -160,7 +249,9 @@ def inprocess(edge: int, layers: list[str], repeat: int) -> int:
             for name, wall in best.items():
                 ratio = wall / best["nnU-Net"]
                 ident = "" if name == "nnU-Net" else ("yes" if same[name] else "NO")
-                print(f"| {'on' if tta else 'off'} | {name} | {wall:.1f} | {ratio:.2f} | {steps} × {passes} | {ident} |")
+                print(
+                    f"| {'on' if tta else 'off'} | {name} | {wall:.1f} | {ratio:.2f} | {steps} × {passes} | {ident} |"
+                )
     return 0
 
 

@@ -15,7 +15,11 @@ class Block(nn.Module):
         self.conv = CONV[ndim](cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn = BN[ndim](cout)
         self.relu = nn.ReLU(inplace=True)
-        self.skip = CONV[ndim](cin, cout, 1, stride=stride, bias=False) if (stride != 1 or cin != cout) else nn.Identity()
+        self.skip = (
+            CONV[ndim](cin, cout, 1, stride=stride, bias=False)
+            if (stride != 1 or cin != cout)
+            else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(x)) + self.skip(x))
@@ -31,7 +35,9 @@ class TinyResNet(nn.Module):
         self.layer1 = nn.Sequential(Block(ndim, width, width, 1))
         self.layer2 = nn.Sequential(Block(ndim, width, 2 * width, 2))
         self.layer3 = nn.Sequential(Block(ndim, 2 * width, 2 * width, 1))
-        self.layer4 = nn.Sequential(Block(ndim, 2 * width, 4 * width, 2), Block(ndim, 4 * width, 4 * width, 1))
+        self.layer4 = nn.Sequential(
+            Block(ndim, 2 * width, 4 * width, 2), Block(ndim, 4 * width, 4 * width, 1)
+        )
         self.fc = nn.Linear(4 * width, num_classes)
         self.unused = CONV[ndim](1, 1, 1)  # never called in forward
 
@@ -50,7 +56,9 @@ class TinySegNet(nn.Module):
         super().__init__()
         conv = CONV[ndim]
         self.enc = nn.Sequential(conv(in_channels, width, 3, padding=1), nn.LeakyReLU(0.01, inplace=True))
-        self.down = nn.Sequential(conv(width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.01, inplace=True))
+        self.down = nn.Sequential(
+            conv(width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.01, inplace=True)
+        )
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.dec = nn.Sequential(conv(3 * width, width, 3, padding=1), nn.LeakyReLU(0.01, inplace=True))
         self.head = conv(width, num_classes, 1)

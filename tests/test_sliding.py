@@ -27,8 +27,15 @@ def unet() -> torch.nn.Module:
     return monai_nets.UNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2)).eval()
 
 
-@pytest.mark.parametrize("image, patch, step", [((40, 30, 20), (16, 16, 16), 0.5), ((110,), (64,), 0.5),
-                                                ((16, 17), (16, 8), 0.33), ((200, 96), (64, 96), 1.0)])
+@pytest.mark.parametrize(
+    "image, patch, step",
+    [
+        ((40, 30, 20), (16, 16, 16), 0.5),
+        ((110,), (64,), 0.5),
+        ((16, 17), (16, 8), 0.33),
+        ((200, 96), (64, 96), 1.0),
+    ],
+)
 def test_steps_match_nnunet(image, patch, step):
     nn_sw = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
     assert compute_steps(image, patch, step) == nn_sw.compute_steps_for_sliding_window(image, patch, step)
@@ -38,7 +45,9 @@ def test_gaussian_matches_nnunet():
     nn_sw = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
     for patch in [(16, 16, 16), (12, 20), (7, 9, 11)]:
         ours = gaussian_importance_map(patch, dtype=torch.float64)
-        theirs = nn_sw.compute_gaussian(patch, value_scaling_factor=1, dtype=torch.float64, device=torch.device("cpu"))
+        theirs = nn_sw.compute_gaussian(
+            patch, value_scaling_factor=1, dtype=torch.float64, device=torch.device("cpu")
+        )
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-9)
         assert ours.min() > 0
 
@@ -101,7 +110,11 @@ def test_raw_maps_are_on_one_scale(unet):
     cam = GradCAM(unet, target_layers=["model.1.submodule.0"])
     engine = SlidingWindowCAM(cam, (16, 16, 16), normalization="none", progress=False)
     state = engine.accumulate(volume, [SlidingSegmentationTarget(1, whole_channel=True)])
-    assert state.map_sum.shape == (1, 24, 24, 24) and state.weight.shape == (24, 24, 24)  # grows with the volume
+    assert state.map_sum.shape == (1, 24, 24, 24) and state.weight.shape == (
+        24,
+        24,
+        24,
+    )  # grows with the volume
     assert state.n_patches == 8
     raw = engine.finalize(state)
     scaled = engine.finalize(type(state)(state.map_sum * 3, state.weight, state.crop, state.pad))
@@ -111,8 +124,9 @@ def test_raw_maps_are_on_one_scale(unet):
 def test_short_axis_is_padded_not_nan(unet):
     """An axis shorter than half a patch: padded, never NaN."""
     volume = torch.randn(1, 5, 30, 20)
-    maps = sliding_window_cam(GradCAM(unet, target_layers=["model.1.submodule.0"]), volume, (16, 16, 16),
-                              progress=False)
+    maps = sliding_window_cam(
+        GradCAM(unet, target_layers=["model.1.submodule.0"]), volume, (16, 16, 16), progress=False
+    )
     assert maps.shape == (1, 5, 30, 20) and torch.isfinite(maps).all()
 
 
@@ -130,11 +144,14 @@ def test_mask_target_is_cropped_and_mirrored(unet):
 
 def test_2d_network_over_3d_volume_and_slice_normalisation():
     torch.manual_seed(4)
-    net = monai_nets.SegResNet(spatial_dims=2, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1),
-                               blocks_up=(1,)).eval()
+    net = monai_nets.SegResNet(
+        spatial_dims=2, init_filters=8, in_channels=1, out_channels=2, blocks_down=(1, 1), blocks_up=(1,)
+    ).eval()
     volume = torch.randn(1, 3, 20, 24)
     cam = GradCAM(net, target_layers=["down_layers.1"])
-    maps = SlidingWindowCAM(cam, (16, 16), normalization="slice", progress=False)(volume, [SlidingSegmentationTarget(1)])
+    maps = SlidingWindowCAM(cam, (16, 16), normalization="slice", progress=False)(
+        volume, [SlidingSegmentationTarget(1)]
+    )
     assert maps.shape == (1, 3, 20, 24)
     per_slice = maps[0].reshape(3, -1).amax(dim=1)
     assert all(v == pytest.approx(1.0) or v == 0 for v in per_slice.tolist())
@@ -147,4 +164,6 @@ def test_bad_arguments(unet):
     with pytest.raises(ConfigurationError):
         SlidingWindowCAM(cam, (16, 16, 16), mirror_axes=(3,))
     with pytest.raises(InputShapeError):
-        SlidingWindowCAM(cam, (16, 16, 16), progress=False)(torch.randn(16, 16), [SlidingSegmentationTarget(1)])
+        SlidingWindowCAM(cam, (16, 16, 16), progress=False)(
+            torch.randn(16, 16), [SlidingSegmentationTarget(1)]
+        )

@@ -31,7 +31,9 @@ def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterato
     """
     final = Path(path)
     if final.exists() and not overwrite:
-        raise OutputPathError(f"Output file {final} exists. Pass overwrite=True (or --overwrite) to replace it.")
+        raise OutputPathError(
+            f"Output file {final} exists. Pass overwrite=True (or --overwrite) to replace it."
+        )
     folder = final.parent if str(final.parent) else Path(".")
     check_writable_dir(folder)
     suffix = _double_suffix(final)
@@ -58,7 +60,9 @@ def check_writable_dir(folder: str | os.PathLike[str], create: bool = True) -> P
         if create:
             folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputPathError(f"Cannot create output folder {folder}: {exc}. Choose a writable location.") from exc
+        raise OutputPathError(
+            f"Cannot create output folder {folder}: {exc}. Choose a writable location."
+        ) from exc
     if not folder.is_dir():
         raise OutputPathError(f"Output folder {folder} does not exist or is not a folder.")
     if not os.access(folder, os.W_OK | os.X_OK):

@@ -17,7 +17,9 @@ def run(args: argparse.Namespace) -> int:
     """Write the table (name, class, needs gradients, description) to stdout."""
     from medcam3d.methods.registry import method_table
 
-    rows = [(m.name, m.cls.__name__, "yes" if m.uses_gradients else "no", m.description) for m in method_table()]
+    rows = [
+        (m.name, m.cls.__name__, "yes" if m.uses_gradients else "no", m.description) for m in method_table()
+    ]
     header = ("name", "class", "gradients", "description")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     lines = []

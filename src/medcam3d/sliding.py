@@ -59,13 +59,19 @@ def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], step_siz
     (nnU-Net's rule). ``image_size`` must be at least ``patch_size`` on every axis.
     """
     if not 0 < step_size <= 1:
-        raise ConfigurationError(f"step_size must be in (0, 1] (a fraction of the patch size), got {step_size}.")
+        raise ConfigurationError(
+            f"step_size must be in (0, 1] (a fraction of the patch size), got {step_size}."
+        )
     if len(image_size) != len(patch_size):
-        raise InputShapeError(f"image size {tuple(image_size)} and patch size {tuple(patch_size)} differ in rank.")
+        raise InputShapeError(
+            f"image size {tuple(image_size)} and patch size {tuple(patch_size)} differ in rank."
+        )
     steps = []
     for image, patch in zip(image_size, patch_size):
         if image < patch:
-            raise InputShapeError(f"image size {tuple(image_size)} is smaller than the patch {tuple(patch_size)}.")
+            raise InputShapeError(
+                f"image size {tuple(image_size)} is smaller than the patch {tuple(patch_size)}."
+            )
         n = int(math.ceil((image - patch) / (patch * step_size))) + 1
         if n == 1:
             steps.append([0])
@@ -140,7 +146,10 @@ def patch_slicers(
             "have as many axes as the volume, or one fewer (a 2D network on a 3D volume)."
         )
     steps = steps_fn(image_size, patch_size, step_size)
-    return [(slice(None), *(slice(s, s + p) for s, p in zip(starts, patch_size))) for starts in itertools.product(*steps)]
+    return [
+        (slice(None), *(slice(s, s + p) for s, p in zip(starts, patch_size)))
+        for starts in itertools.product(*steps)
+    ]
 
 
 # ---------------------------------------------------------------------------------- targets
@@ -267,7 +276,9 @@ class SlidingWindowCAM:
         if not isinstance(cam, BaseCAM):
             raise ConfigurationError(f"cam must be a medcam3d CAM method instance, got {type(cam).__name__}.")
         if normalization not in ("volume", "slice", "none"):
-            raise ConfigurationError(f"normalization must be 'volume', 'slice' or 'none', got {normalization!r}.")
+            raise ConfigurationError(
+                f"normalization must be 'volume', 'slice' or 'none', got {normalization!r}."
+            )
         if not 0 < step_size <= 1:
             raise ConfigurationError(f"step_size must be in (0, 1], got {step_size}.")
         self.cam = cam
@@ -344,7 +355,9 @@ class SlidingWindowCAM:
         """
         dims = tuple(a + 2 for a in flip_axes)
         x = torch.flip(patch, dims) if dims else patch
-        context = torch.autocast(self.device.type) if (self.autocast and self.device.type == "cuda") else _null()
+        context = (
+            torch.autocast(self.device.type) if (self.autocast and self.device.type == "cuda") else _null()
+        )
         with context:
             if len(targets) == 1:
                 result = self.cam.compute(x, targets, normalize=False)
@@ -360,8 +373,13 @@ class SlidingWindowCAM:
                 output = torch.flip(output, tuple(a + 1 for a in flip_axes))
         return maps, output
 
-    def on_patch_outputs(self, state: SlidingState, info_slicer: tuple[slice | int, ...],
-                         outputs: list[torch.Tensor], importance: torch.Tensor) -> None:
+    def on_patch_outputs(
+        self,
+        state: SlidingState,
+        info_slicer: tuple[slice | int, ...],
+        outputs: list[torch.Tensor],
+        importance: torch.Tensor,
+    ) -> None:
         """Hook: the model outputs of one patch (one per mirror combination, flipped back).
 
         The default does nothing; the nnU-Net integration accumulates the logits here.
@@ -390,7 +408,9 @@ class SlidingWindowCAM:
         if state is None:
             state = self.new_state(tuple(volume.shape), len(targets))
         elif state.map_sum.shape[0] != len(targets):
-            raise TargetError(f"The state holds {state.map_sum.shape[0]} maps but {len(targets)} targets were given.")
+            raise TargetError(
+                f"The state holds {state.map_sum.shape[0]} maps but {len(targets)} targets were given."
+            )
         for t in targets:
             prepare = getattr(t, "_prepare", None)
             if prepare is not None:
@@ -445,7 +465,9 @@ def normalize_maps(maps: torch.Tensor, normalization: Normalization) -> torch.Te
     low = maps.amin(dim=dims, keepdim=True)
     high = maps.amax(dim=dims, keepdim=True)
     span = high - low
-    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+    return torch.where(
+        span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps)
+    )
 
 
 class _null:
@@ -476,6 +498,11 @@ def sliding_window_cam(
     target_list: list[Union[Target, PatchTarget]]
     target_list = [SlidingSegmentationTarget(targets)] if isinstance(targets, int) else list(targets)
     engine = SlidingWindowCAM(
-        cam, patch_size, step_size=step_size, mirror_axes=mirror_axes, normalization=normalization, progress=progress
+        cam,
+        patch_size,
+        step_size=step_size,
+        mirror_axes=mirror_axes,
+        normalization=normalization,
+        progress=progress,
     )
     return engine(volume, target_list)

@@ -63,4 +63,6 @@ def test_subclass_written_for_pytorch_grad_cam_returning_numpy_weights():
 
     model = TinyResNet(ndim=3)
     x = torch.randn(2, 1, 16, 16, 16)
-    np.testing.assert_allclose(MeanGradNumpy(model, [model.layer4])(x), GradCAM(model, [model.layer4])(x), atol=1e-6)
+    np.testing.assert_allclose(
+        MeanGradNumpy(model, [model.layer4])(x), GradCAM(model, [model.layer4])(x), atol=1e-6
+    )

@@ -119,7 +119,12 @@ def test_output_index_out_of_range():
 
 
 def test_errors_are_value_or_runtime_errors():
-    for cls in (errors.InputShapeError, errors.TargetError, errors.LayerNotFoundError, errors.NonFiniteInputError):
+    for cls in (
+        errors.InputShapeError,
+        errors.TargetError,
+        errors.LayerNotFoundError,
+        errors.NonFiniteInputError,
+    ):
         assert issubclass(cls, ValueError) and issubclass(cls, errors.MedCAMError)
     assert issubclass(errors.LayerNotReachedError, RuntimeError)
 

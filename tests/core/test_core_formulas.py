@@ -85,7 +85,11 @@ def formula_segxres(pool: int, mode: str):
         for starts in itertools.product(*ranges):
             index = (slice(None), slice(None), *(slice(st, st + pool) for st in starts))
             block = g[index]
-            value = block.amax(dim=axes(block), keepdim=True) if mode == "max" else block.mean(dim=axes(block), keepdim=True)
+            value = (
+                block.amax(dim=axes(block), keepdim=True)
+                if mode == "max"
+                else block.mean(dim=axes(block), keepdim=True)
+            )
             pooled[index] = value.expand_as(block)
         return (pooled * a).sum(1)
 
@@ -100,7 +104,11 @@ CASES = {
     "XGradCAM": (medcam3d.XGradCAM, {}, formula_xgradcam),
     "LayerCAM": (medcam3d.LayerCAM, {}, formula_layercam),
     "SegXResCAM-max2": (medcam3d.SegXResCAM, {"pool_size": 2, "pool_mode": "max"}, formula_segxres(2, "max")),
-    "SegXResCAM-mean3": (medcam3d.SegXResCAM, {"pool_size": 3, "pool_mode": "mean"}, formula_segxres(3, "mean")),
+    "SegXResCAM-mean3": (
+        medcam3d.SegXResCAM,
+        {"pool_size": 3, "pool_mode": "mean"},
+        formula_segxres(3, "mean"),
+    ),
     "SegXResCAM-none": (medcam3d.SegXResCAM, {}, formula_hirescam),
 }
 
@@ -129,7 +137,9 @@ def test_raw_maps_are_not_normalised_and_scale_with_the_score(classifier, ndim):
     x = torch.randn(2, 1, *spatial_shape(ndim))
     a, g = reference_parts(classifier, x, [2, 2])
     raw = torch.relu(formula_gradcam(a, g))
-    expected = F.interpolate(raw[:, None], size=spatial_shape(ndim), mode=MODES[ndim], align_corners=False)[:, 0]
+    expected = F.interpolate(raw[:, None], size=spatial_shape(ndim), mode=MODES[ndim], align_corners=False)[
+        :, 0
+    ]
     cam = medcam3d.GradCAM(classifier, [classifier.layer4], normalize=False)
     got = cam(x, [ClassifierOutputTarget(2)] * 2)
     np.testing.assert_allclose(got, expected.float().numpy(), rtol=1e-4, atol=1e-6)

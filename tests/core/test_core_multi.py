@@ -19,7 +19,9 @@ def count_forwards(model: torch.nn.Module) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("method", ["GradCAM", "HiResCAM", "GradCAMPlusPlus", "LayerCAM", "EigenGradCAM", "ScoreCAM"])
+@pytest.mark.parametrize(
+    "method", ["GradCAM", "HiResCAM", "GradCAMPlusPlus", "LayerCAM", "EigenGradCAM", "ScoreCAM"]
+)
 def test_equals_separate_calls_with_one_forward(method, ndim):
     torch.manual_seed(0)
     model = TinySegNet(ndim=ndim).eval()
@@ -68,7 +70,9 @@ def test_state_restored_and_no_graph_left():
     model = mixed_state_model(3)
     before = snapshot(model)
     cam = medcam3d.GradCAM(model, [model.layer4])
-    results = cam.compute_multi(torch.randn(1, 1, 12, 16, 14), [[ClassifierOutputTarget(c)] for c in range(3)])
+    results = cam.compute_multi(
+        torch.randn(1, 1, 12, 16, 14), [[ClassifierOutputTarget(c)] for c in range(3)]
+    )
     assert all(r.maps.grad_fn is None and r.output.grad_fn is None for r in results)
     assert_same_state(model, before)
 
@@ -79,4 +83,6 @@ def test_errors():
     with pytest.raises(TargetError, match="empty"):
         cam.compute_multi(torch.randn(1, 1, 16, 16), [])
     with pytest.raises(TargetError, match="one target per"):
-        cam.compute_multi(torch.randn(2, 1, 16, 16), [[ClassifierOutputTarget(0)] * 2, [ClassifierOutputTarget(1)]])
+        cam.compute_multi(
+            torch.randn(2, 1, 16, 16), [[ClassifierOutputTarget(0)] * 2, [ClassifierOutputTarget(1)]]
+        )

@@ -22,7 +22,9 @@ def test_gradcam_matches_captum_layergradcam(classifier, ndim):
     x = torch.randn(2, 1, *spatial_shape(ndim))
     layer_gc = captum_attr.LayerGradCam(classifier, classifier.layer4)
     attribution = layer_gc.attribute(x, target=[1, 2], relu_attributions=True)
-    expected = captum_attr.LayerAttribution.interpolate(attribution, spatial_shape(ndim), interpolate_mode=MODES[ndim])
+    expected = captum_attr.LayerAttribution.interpolate(
+        attribution, spatial_shape(ndim), interpolate_mode=MODES[ndim]
+    )
     got = medcam3d.GradCAM(classifier, [classifier.layer4], normalize=False)(
         x, [ClassifierOutputTarget(1), ClassifierOutputTarget(2)]
     )

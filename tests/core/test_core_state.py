@@ -55,7 +55,9 @@ def mixed_state_model(ndim: int) -> TinyResNet:
 def test_state_untouched_after_a_successful_call(ndim):
     model = mixed_state_model(ndim)
     before = snapshot(model)
-    maps = medcam3d.GradCAM(model, [model.layer4])(torch.randn(2, 1, *spatial_shape(ndim)), [ClassifierOutputTarget(0)] * 2)
+    maps = medcam3d.GradCAM(model, [model.layer4])(
+        torch.randn(2, 1, *spatial_shape(ndim)), [ClassifierOutputTarget(0)] * 2
+    )
     assert maps.shape[0] == 2
     assert_same_state(model, before)
 
@@ -75,7 +77,9 @@ def test_state_untouched_when_the_model_raises(ndim):
     try:
         before = snapshot(model)
         with pytest.raises(Boom):
-            medcam3d.GradCAM(model, [model.layer3])(torch.randn(2, 1, *spatial_shape(ndim)), [ClassifierOutputTarget(0)] * 2)
+            medcam3d.GradCAM(model, [model.layer3])(
+                torch.randn(2, 1, *spatial_shape(ndim)), [ClassifierOutputTarget(0)] * 2
+            )
         assert_same_state(model, before)
     finally:
         handle.remove()
@@ -89,7 +93,9 @@ def test_state_untouched_when_a_target_raises(ndim):
         raise Boom("target failure")
 
     with pytest.raises(Boom):
-        medcam3d.HiResCAM(model, [model.layer4])(torch.randn(2, 1, *spatial_shape(ndim)), [bad_target, bad_target])
+        medcam3d.HiResCAM(model, [model.layer4])(
+            torch.randn(2, 1, *spatial_shape(ndim)), [bad_target, bad_target]
+        )
     assert_same_state(model, before)
 
 
@@ -115,7 +121,9 @@ def test_in_place_activation_after_the_target_layer_does_not_corrupt_it():
     model = TinySegNet(ndim=3).eval()
     x = torch.randn(1, 1, 16, 24, 20)
     conv = model.down[0]
-    acts = conv(model.enc(x)).detach().requires_grad_(True)  # pre-activation values, as the layer returns them
+    acts = (
+        conv(model.enc(x)).detach().requires_grad_(True)
+    )  # pre-activation values, as the layer returns them
     act = model.down[1](acts.clone())
     logits = model.head(model.dec(torch.cat([model.up(act), model.enc(x)], 1)))
     mask = logits.detach()[0].argmax(0) == 1
@@ -123,7 +131,9 @@ def test_in_place_activation_after_the_target_layer_does_not_corrupt_it():
     expected = torch.relu((g * acts).sum(1))
     res = medcam3d.HiResCAM(model, [conv], normalize=False).compute(x, [SemanticSegmentationTarget(1)])
     got = res.layer_maps[0]
-    ref = torch.nn.functional.interpolate(expected[:, None].detach(), size=x.shape[2:], mode="trilinear")[:, 0]
+    ref = torch.nn.functional.interpolate(expected[:, None].detach(), size=x.shape[2:], mode="trilinear")[
+        :, 0
+    ]
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-4)
 
 
@@ -173,15 +183,22 @@ class _Recorder(torch.overrides.TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in self.FORBIDDEN:
             self.calls.append(name)
-        if name == "to" and args and args[0] is not self.allowed and any(
-            (isinstance(a, (str, torch.device)) and str(a).startswith("cpu")) for a in list(args[1:]) + list((kwargs or {}).values())
+        if (
+            name == "to"
+            and args
+            and args[0] is not self.allowed
+            and any(
+                (isinstance(a, (str, torch.device)) and str(a).startswith("cpu"))
+                for a in list(args[1:]) + list((kwargs or {}).values())
+            )
         ):
             self.calls.append("to(cpu)")
         return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize(
-    "method", [medcam3d.GradCAM, medcam3d.GradCAMPlusPlus, medcam3d.HiResCAM, medcam3d.LayerCAM, medcam3d.SegXResCAM]
+    "method",
+    [medcam3d.GradCAM, medcam3d.GradCAMPlusPlus, medcam3d.HiResCAM, medcam3d.LayerCAM, medcam3d.SegXResCAM],
 )
 def test_no_numpy_and_no_cpu_copy_inside_the_pipeline(method):
     torch.manual_seed(0)

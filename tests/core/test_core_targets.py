@@ -107,5 +107,7 @@ def test_default_targets_pick_the_argmax_class(classifier, ndim):
     x = torch.randn(2, 1, *spatial_shape(ndim))
     res = medcam3d.GradCAM(classifier, ["layer4"]).compute(x, None)
     top = res.output.argmax(1)
-    explicit = medcam3d.GradCAM(classifier, ["layer4"]).compute(x, [mt.ClassifierOutputTarget(int(c)) for c in top])
+    explicit = medcam3d.GradCAM(classifier, ["layer4"]).compute(
+        x, [mt.ClassifierOutputTarget(int(c)) for c in top]
+    )
     torch.testing.assert_close(res.maps, explicit.maps)

@@ -104,8 +104,15 @@ def test_gradcam_on_a_monai_vit_with_a_class_token():
     monai_nets = pytest.importorskip("monai.networks.nets")
     torch.manual_seed(0)
     vit = monai_nets.ViT(
-        in_channels=1, img_size=(16, 32, 24), patch_size=8, hidden_size=32, mlp_dim=64, num_layers=2,
-        num_heads=4, classification=True, num_classes=2,
+        in_channels=1,
+        img_size=(16, 32, 24),
+        patch_size=8,
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=2,
+        num_heads=4,
+        classification=True,
+        num_classes=2,
     ).eval()
     transform = reshape_transforms.monai_vit_reshape_transform((16, 32, 24), 8, num_prefix_tokens=1)
     cam = medcam3d.GradCAM(vit, ["blocks.1"], reshape_transform=transform, output_index=0)

@@ -54,7 +54,9 @@ def test_projection_sign_is_stable() -> None:
     for _ in range(3):
         assert torch.equal(first_component_projection(acts.clone()), first)
     # a permutation of channels does not change the component, nor its sign
-    torch.testing.assert_close(first_component_projection(acts[:, torch.randperm(8)]), first, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        first_component_projection(acts[:, torch.randperm(8)]), first, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_projection_memory_is_voxels_times_channels() -> None:
@@ -70,7 +72,9 @@ class Split(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(3)
-        self.features = nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv3d(6, 5, 3, stride=2, padding=1))
+        self.features = nn.Sequential(
+            nn.Conv3d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv3d(6, 5, 3, stride=2, padding=1)
+        )
         self.fc = nn.Linear(5, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,12 +87,20 @@ def test_eigencam_and_eigengradcam_match_a_hand_computation() -> None:
     acts = model.features(x)
     raw = EigenCAM(model, [model.features], normalize=False, return_tensor=True)(x)
     expected = np.maximum(numpy_projection(acts.detach().numpy()), 0)
-    expected_t = torch.nn.functional.interpolate(torch.from_numpy(expected)[:, None].float(), size=(6, 10, 8), mode="trilinear")[:, 0]
+    expected_t = torch.nn.functional.interpolate(
+        torch.from_numpy(expected)[:, None].float(), size=(6, 10, 8), mode="trilinear"
+    )[:, 0]
     # numpy's sign is arbitrary: compare with the sign our convention picks
     ours = raw.numpy()
-    flipped = torch.nn.functional.interpolate(torch.from_numpy(np.maximum(-numpy_projection(acts.detach().numpy()), 0))[:, None].float(), size=(6, 10, 8), mode="trilinear")[:, 0]
+    flipped = torch.nn.functional.interpolate(
+        torch.from_numpy(np.maximum(-numpy_projection(acts.detach().numpy()), 0))[:, None].float(),
+        size=(6, 10, 8),
+        mode="trilinear",
+    )[:, 0]
     for i in range(2):
-        ok = np.allclose(ours[i], expected_t[i].numpy(), atol=1e-4) or np.allclose(ours[i], flipped[i].numpy(), atol=1e-4)
+        ok = np.allclose(ours[i], expected_t[i].numpy(), atol=1e-4) or np.allclose(
+            ours[i], flipped[i].numpy(), atol=1e-4
+        )
         assert ok
     # EigenGradCAM: projection of grads * acts
     acts_leaf = acts.detach().requires_grad_(True)
@@ -101,9 +113,10 @@ def test_eigencam_and_eigengradcam_match_a_hand_computation() -> None:
     torch.testing.assert_close(ours_g, ref_g, rtol=1e-4, atol=1e-5)
     ref_np = numpy_projection((grads * acts).detach().numpy())
     for i in range(2):
-        assert same_up_to_sign(proj[i].numpy(), np.maximum(ref_np[i], 0)) > 0.999 or same_up_to_sign(
-            proj[i].numpy(), np.maximum(-ref_np[i], 0)
-        ) > 0.999
+        assert (
+            same_up_to_sign(proj[i].numpy(), np.maximum(ref_np[i], 0)) > 0.999
+            or same_up_to_sign(proj[i].numpy(), np.maximum(-ref_np[i], 0)) > 0.999
+        )
 
 
 def test_eigen_smooth_uses_the_same_projection() -> None:

@@ -85,7 +85,11 @@ def hand_fullgrad(model: Chain, x: torch.Tensor, classes: list[int]) -> torch.Te
             var = g.var(2, unbiased=False).repeat_interleave(inp.shape[1] // m.num_groups, 1)
             bias = -mean / torch.sqrt(var + m.eps)
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            bias = (m.bias - m.weight * m.running_mean / torch.sqrt(m.running_var + m.eps)).detach()[None].expand(x.shape[0], -1)
+            bias = (
+                (m.bias - m.weight * m.running_mean / torch.sqrt(m.running_var + m.eps))
+                .detach()[None]
+                .expand(x.shape[0], -1)
+            )
         elif isinstance(m, nn.modules.instancenorm._InstanceNorm):
             flat = inp.detach().reshape(*inp.shape[:2], -1)
             mean, var = flat.mean(2), flat.var(2, unbiased=False)
@@ -104,7 +108,9 @@ def hand_fullgrad(model: Chain, x: torch.Tensor, classes: list[int]) -> torch.Te
     total = psi_sum((grads[0] * x).abs().detach())
     for g, b in zip(grads[1:], biases):
         term = psi_sum((g * b.reshape(*b.shape, *([1] * len(spatial)))).abs().detach())
-        total += torch.nn.functional.interpolate(term[:, None], size=spatial, mode=mode, align_corners=False)[:, 0]
+        total += torch.nn.functional.interpolate(term[:, None], size=spatial, mode=mode, align_corners=False)[
+            :, 0
+        ]
     return total
 
 

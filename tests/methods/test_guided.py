@@ -117,6 +117,10 @@ def test_guided_gradcam_takes_one_forward_pass_and_leaves_no_hooks() -> None:
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
     assert hooks == 0 and all(p.grad is None for p in model.parameters())
     # aug_smooth: the smoothed Grad-CAM map times the guided gradient of the original input
-    smoothed = GuidedGradCAM(model, [layer], channel_reduction=None, return_tensor=True)(x, targets, aug_smooth=True)
+    smoothed = GuidedGradCAM(model, [layer], channel_reduction=None, return_tensor=True)(
+        x, targets, aug_smooth=True
+    )
     smoothed_cam = GradCAM(model, [layer], return_tensor=True)(x, targets, aug_smooth=True)
-    torch.testing.assert_close(smoothed, hand_guided(model, x, [1, 2]) * smoothed_cam[:, None], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        smoothed, hand_guided(model, x, [1, 2]) * smoothed_cam[:, None], rtol=1e-4, atol=1e-6
+    )

@@ -50,7 +50,9 @@ def trained() -> BlobNet:
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
     for _ in range(30):
         labels = torch.randint(0, 2, (8,), generator=generator)
-        x = torch.stack([blob_volume(generator, random_center(generator) if y else None) for y in labels.tolist()])
+        x = torch.stack(
+            [blob_volume(generator, random_center(generator) if y else None) for y in labels.tolist()]
+        )
         loss = nn.functional.cross_entropy(model(x), labels)
         optimizer.zero_grad()
         loss.backward()
@@ -88,4 +90,6 @@ def test_maximum_falls_in_the_blob(trained: BlobNet, name: str) -> None:
     for i, center in enumerate(centers):
         peak = np.unravel_index(int(np.argmax(maps[i])), SHAPE)
         distance = float(np.linalg.norm(np.subtract(peak, center)))
-        assert distance <= 2 * RADIUS, f"{name}: peak {peak} is {distance:.1f} voxels from the blob at {center}"
+        assert distance <= 2 * RADIUS, (
+            f"{name}: peak {peak} is {distance:.1f} voxels from the blob at {center}"
+        )

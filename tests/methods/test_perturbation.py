@@ -19,7 +19,9 @@ class Split(nn.Module):
     def __init__(self, ndim: int) -> None:
         super().__init__()
         torch.manual_seed(7)
-        self.features = nn.Sequential(CONV[ndim](1, 5, 3, padding=1), nn.ReLU(), CONV[ndim](5, 6, 3, stride=2, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            CONV[ndim](1, 5, 3, padding=1), nn.ReLU(), CONV[ndim](5, 6, 3, stride=2, padding=1), nn.ReLU()
+        )
         self.fc = nn.Linear(6, 3)
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,9 @@ def hand_scorecam_weights(model: Split, x: torch.Tensor, classes: list[int]) -> 
         for i in range(x.shape[0]):
             scores = []
             for k in range(acts.shape[1]):
-                mask = torch.nn.functional.interpolate(acts[i : i + 1, k : k + 1], size=x.shape[2:], mode=mode, align_corners=False)
+                mask = torch.nn.functional.interpolate(
+                    acts[i : i + 1, k : k + 1], size=x.shape[2:], mode=mode, align_corners=False
+                )
                 mask = (mask - mask.min()) / (mask.max() - mask.min() + 1e-8)
                 scores.append(model(x[i : i + 1] * mask)[0, classes[i]])
             weights[i] = torch.softmax(torch.stack(scores), dim=0)
@@ -61,7 +65,9 @@ def hand_ablation_weights(model: Split, x: torch.Tensor, classes: list[int]) -> 
     return weights
 
 
-def layer_weights(cam: PerturbationCAM, x: torch.Tensor, targets: list[ClassifierOutputTarget]) -> torch.Tensor:
+def layer_weights(
+    cam: PerturbationCAM, x: torch.Tensor, targets: list[ClassifierOutputTarget]
+) -> torch.Tensor:
     captured: list[torch.Tensor] = []
     original = cam.weights
 
@@ -194,7 +200,9 @@ def test_ablationcam_ablates_token_channels_with_a_reshape_transform() -> None:
 
     model = Tokens().eval()
     x = torch.randn(2, 1, 4, 6, 8)
-    cam = AblationCAM(model, [model.block], reshape_transform=lambda t: tokens_to_grid(t, (2, 3, 4)), progress=False)
+    cam = AblationCAM(
+        model, [model.block], reshape_transform=lambda t: tokens_to_grid(t, (2, 3, 4)), progress=False
+    )
     ours = layer_weights(cam, x, [ClassifierOutputTarget(0), ClassifierOutputTarget(2)])
     with torch.no_grad():
         tokens = model.block(model.embed(x).flatten(2).transpose(1, 2))

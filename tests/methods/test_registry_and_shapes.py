@@ -65,7 +65,9 @@ def test_every_method_nd_batch2(name: str, ndim: int) -> None:
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()), name
 
 
-@pytest.mark.parametrize("name", ["gradcam", "eigencam", "scorecam", "ablationcam", "fullgrad", "fem", "guidedgradcam"])
+@pytest.mark.parametrize(
+    "name", ["gradcam", "eigencam", "scorecam", "ablationcam", "fullgrad", "fem", "guidedgradcam"]
+)
 def test_methods_on_a_segmenter_with_tuple_output(name: str) -> None:
     torch.manual_seed(0)
     model = TinySegNet(ndim=3).eval()

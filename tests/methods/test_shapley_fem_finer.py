@@ -22,7 +22,9 @@ class Split(nn.Module):
     def __init__(self, ndim: int, classes: int = 5) -> None:
         super().__init__()
         torch.manual_seed(9)
-        self.features = nn.Sequential(CONV[ndim](1, 4, 3, padding=1), nn.ReLU(), CONV[ndim](4, 5, 3, stride=2, padding=1))
+        self.features = nn.Sequential(
+            CONV[ndim](1, 4, 3, padding=1), nn.ReLU(), CONV[ndim](4, 5, 3, stride=2, padding=1)
+        )
         self.fc = nn.Linear(5, classes)
 
     def head(self, f: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,7 @@ def test_shapleycam_matches_gradient_and_hvp(ndim: int) -> None:
     axes = tuple(range(2, acts.ndim))
     weights = []
     for i, c in enumerate(classes):
+
         def score(a: torch.Tensor, i: int = i, c: int = c) -> torch.Tensor:
             return ClassifierOutputReST(c)(model.head(a)[0])
 

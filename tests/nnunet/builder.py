@@ -93,7 +93,9 @@ MULTI = DatasetSpec(
 ALL_SPECS = (SPHERE, MULTI)
 
 
-def make_case(spec: DatasetSpec, seed: int, shape: tuple[int, ...] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+def make_case(
+    spec: DatasetSpec, seed: int, shape: tuple[int, ...] | None = None
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Return (channels, label), arrays (z, y, x): a bright sphere (label 1) and, for two labels, a cube (label 2)."""
     rng = np.random.default_rng(seed)
     shape = tuple(shape or spec.shape)
@@ -117,8 +119,9 @@ def make_case(spec: DatasetSpec, seed: int, shape: tuple[int, ...] | None = None
     return channels, label
 
 
-def write_image(array_zyx: np.ndarray, path: Path, spacing_xyz: tuple[float, ...], origin=(0.0, 0.0, 0.0),
-                direction=None) -> None:
+def write_image(
+    array_zyx: np.ndarray, path: Path, spacing_xyz: tuple[float, ...], origin=(0.0, 0.0, 0.0), direction=None
+) -> None:
     """Write a (z, y, x) array with SimpleITK (any ending SimpleITK supports)."""
     import SimpleITK as sitk
 
@@ -185,7 +188,9 @@ def _edit_plans(spec: DatasetSpec, plans_file: Path) -> None:
         config["batch_size"] = 2
         kwargs = config["architecture"]["arch_kwargs"]
         n_stages = kwargs["n_stages"]
-        kwargs["features_per_stage"] = [spec.features[min(i, len(spec.features) - 1)] for i in range(n_stages)]
+        kwargs["features_per_stage"] = [
+            spec.features[min(i, len(spec.features) - 1)] for i in range(n_stages)
+        ]
         del name
     plans_file.write_text(json.dumps(plans, indent=1))
 
@@ -235,16 +240,25 @@ def build_dataset(spec: DatasetSpec, root: Path, quiet: bool = True) -> None:
         write_raw_dataset(spec, root / "nnUNet_raw")
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
-            extract_fingerprints([spec.dataset_id], num_processes=1, check_dataset_integrity=False,
-                                 show_progress_bar=False, verbose=False)
+            extract_fingerprints(
+                [spec.dataset_id],
+                num_processes=1,
+                check_dataset_integrity=False,
+                show_progress_bar=False,
+                verbose=False,
+            )
             plan_experiments([spec.dataset_id])
             preprocessed = root / "nnUNet_preprocessed"
             _edit_plans(spec, preprocessed / spec.folder_name / "nnUNetPlans.json")
             _write_splits(spec, preprocessed)
             # the cascade stage reads the 3d_fullres data (same data identifier): nothing to preprocess
             configurations = tuple(dict.fromkeys(c for c, _ in spec.trainings if c != "3d_cascade_fullres"))
-            preprocess([spec.dataset_id], configurations=configurations,
-                       num_processes=[1] * len(configurations), show_progress_bar=False)
+            preprocess(
+                [spec.dataset_id],
+                configurations=configurations,
+                num_processes=[1] * len(configurations),
+                show_progress_bar=False,
+            )
             torch.manual_seed(0)
             old_da = os.environ.get("nnUNet_n_proc_DA")
             os.environ["nnUNet_n_proc_DA"] = "0"  # data augmentation in-process: no worker processes
@@ -272,8 +286,9 @@ def _tiny_trainer_class() -> type:
     CPU = torch.device("cpu")
 
     class nnUNetTrainer(StockTrainer):  # noqa: N801 - the name nnU-Net will look up
-        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                     device: torch.device = CPU):
+        def __init__(
+            self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = CPU
+        ):
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_epochs = 1
             self.num_iterations_per_epoch = TRAIN_ITERATIONS
@@ -293,8 +308,13 @@ def _train(spec: DatasetSpec, root: Path) -> None:
         for fold in folds:
             plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
             plans["continue_training"] = False
-            trainer = trainer_class(plans=plans, configuration=configuration, fold=fold,
-                                    dataset_json=dataset_json, device=torch.device("cpu"))
+            trainer = trainer_class(
+                plans=plans,
+                configuration=configuration,
+                fold=fold,
+                dataset_json=dataset_json,
+                device=torch.device("cpu"),
+            )
             trainer.run_training()
             if trainer.configuration_manager.next_stage_names:
                 # nnU-Net's validation (as nnUNetv2_train runs it) also writes, for every validation

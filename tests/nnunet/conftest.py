@@ -52,8 +52,13 @@ def sphere_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     direction = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
     for i, shape in enumerate([(30, 37, 23), (12, 40, 26)]):
         channels, _ = builder.make_case(builder.SPHERE, seed=500 + i, shape=shape)
-        builder.write_image(channels[0], folder / f"sph{i}_0000.nii.gz", (2.2, 0.9, 1.1),
-                            origin=(3.0, -4.0, 5.5), direction=direction if i == 0 else None)
+        builder.write_image(
+            channels[0],
+            folder / f"sph{i}_0000.nii.gz",
+            (2.2, 0.9, 1.1),
+            origin=(3.0, -4.0, 5.5),
+            direction=direction if i == 0 else None,
+        )
     return folder
 
 
@@ -65,7 +70,9 @@ def multi_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(2):
         channels, label = builder.make_case(builder.MULTI, seed=700 + i, shape=(28, 34, 30))
         for c, img in enumerate(channels):
-            builder.write_image(img, folder / f"mc{i}_{c:04d}.nii.gz", (1.0, 1.2, 0.9), origin=(-10.0, 2.0, 7.0))
+            builder.write_image(
+                img, folder / f"mc{i}_{c:04d}.nii.gz", (1.0, 1.2, 0.9), origin=(-10.0, 2.0, 7.0)
+            )
         masks = folder.parent / "multi_masks"
         masks.mkdir(exist_ok=True)
         builder.write_image(label, masks / f"mc{i}.nii.gz", (1.0, 1.2, 0.9), origin=(-10.0, 2.0, 7.0))

@@ -27,18 +27,46 @@ pytestmark = pytest.mark.slow
 SPEC = builder.MULTI
 
 
-def _nnunetv2_predict(fixture, inputs: Path, out: Path, configuration: str, folds: list[str],
-                      prev_stage: Path | None = None, tta: bool = True) -> None:
+def _nnunetv2_predict(
+    fixture,
+    inputs: Path,
+    out: Path,
+    configuration: str,
+    folds: list[str],
+    prev_stage: Path | None = None,
+    tta: bool = True,
+) -> None:
     command = shutil.which("nnUNetv2_predict")
     assert command is not None
-    args = [command, "-i", str(inputs), "-o", str(out), "-d", str(SPEC.dataset_id), "-c", configuration,
-            "-tr", builder.TRAINER_NAME, "-f", *folds, "-device", "cpu", "-npp", "1", "-nps", "1",
-            "--disable_progress_bar"]
+    args = [
+        command,
+        "-i",
+        str(inputs),
+        "-o",
+        str(out),
+        "-d",
+        str(SPEC.dataset_id),
+        "-c",
+        configuration,
+        "-tr",
+        builder.TRAINER_NAME,
+        "-f",
+        *folds,
+        "-device",
+        "cpu",
+        "-npp",
+        "1",
+        "-nps",
+        "1",
+        "--disable_progress_bar",
+    ]
     if prev_stage is not None:
         args += ["-prev_stage_predictions", str(prev_stage)]
     if not tta:
         args.append("--disable_tta")
-    proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, **fixture.env), timeout=600)
+    proc = subprocess.run(
+        args, capture_output=True, text=True, env=dict(os.environ, **fixture.env), timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -69,21 +97,58 @@ def test_lowres_identical_to_nnunetv2_predict(nnunet_models, multi_inputs, lowre
     model = nnunet_models.model_folder(SPEC, "3d_lowres")
     predictor = load_predictor(model, folds=("all",))
     assert predictor.configuration_manager.next_stage_names == ["3d_cascade_fullres"]
-    assert predictor.configuration_manager.spacing != load_predictor(
-        nnunet_models.model_folder(SPEC), folds=(0,)).configuration_manager.spacing
+    assert (
+        predictor.configuration_manager.spacing
+        != load_predictor(nnunet_models.model_folder(SPEC), folds=(0,)).configuration_manager.spacing
+    )
     ours = tmp_path / "ours"
-    code = cli_main(["-i", str(multi_inputs), "-o", str(ours), "-m", str(model), "-f", "all",
-                     "--target-layer", "encoder.stages.3", "--target-class", "1", "2", "-device", "cpu",
-                     "--no-progress", "--no-save-slices"])
+    code = cli_main(
+        [
+            "-i",
+            str(multi_inputs),
+            "-o",
+            str(ours),
+            "-m",
+            str(model),
+            "-f",
+            "all",
+            "--target-layer",
+            "encoder.stages.3",
+            "--target-class",
+            "1",
+            "2",
+            "-device",
+            "cpu",
+            "--no-progress",
+            "--no-save-slices",
+        ]
+    )
     assert code == 0
-    _same_segmentation_and_geometry(ours, lowres_reference, multi_inputs, ["gradcam_class1", "gradcam_class2"])
+    _same_segmentation_and_geometry(
+        ours, lowres_reference, multi_inputs, ["gradcam_class1", "gradcam_class2"]
+    )
 
 
 def test_cascade_without_previous_stage_is_refused(nnunet_models, multi_inputs, tmp_path, capsys):
     model = nnunet_models.model_folder(SPEC, "3d_cascade_fullres")
     out = tmp_path / "ours"
-    code = cli_main(["-i", str(multi_inputs), "-o", str(out), "-m", str(model), "-f", "0",
-                     "--target-layer", "encoder.stages.3", "-device", "cpu", "--no-progress"])
+    code = cli_main(
+        [
+            "-i",
+            str(multi_inputs),
+            "-o",
+            str(out),
+            "-m",
+            str(model),
+            "-f",
+            "0",
+            "--target-layer",
+            "encoder.stages.3",
+            "-device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     message = capsys.readouterr().err
     assert "cascade stage" in message and "3d_lowres" in message and "-prev_stage_predictions" in message
@@ -99,12 +164,37 @@ def test_cascade_identical_to_nnunetv2_predict(nnunet_models, multi_inputs, lowr
     model = nnunet_models.model_folder(SPEC, "3d_cascade_fullres")
     reference = tmp_path / "reference"
     # without mirroring on both sides (mirroring is covered by the other comparisons): 8x fewer passes
-    _nnunetv2_predict(nnunet_models, multi_inputs, reference, "3d_cascade_fullres", ["0"],
-                      prev_stage=lowres_reference, tta=False)
+    _nnunetv2_predict(
+        nnunet_models,
+        multi_inputs,
+        reference,
+        "3d_cascade_fullres",
+        ["0"],
+        prev_stage=lowres_reference,
+        tta=False,
+    )
     ours = tmp_path / "ours"
-    code = cli_main(["-i", str(multi_inputs), "-o", str(ours), "-m", str(model), "-f", "0",
-                     "-prev_stage_predictions", str(lowres_reference), "--target-layer", "decoder.stages.2",
-                     "--disable-tta", "-device", "cpu", "--no-progress", "--no-save-slices"])
+    code = cli_main(
+        [
+            "-i",
+            str(multi_inputs),
+            "-o",
+            str(ours),
+            "-m",
+            str(model),
+            "-f",
+            "0",
+            "-prev_stage_predictions",
+            str(lowres_reference),
+            "--target-layer",
+            "decoder.stages.2",
+            "--disable-tta",
+            "-device",
+            "cpu",
+            "--no-progress",
+            "--no-save-slices",
+        ]
+    )
     assert code == 0
     _same_segmentation_and_geometry(ours, reference, multi_inputs, ["gradcam_class1"])
 
@@ -122,11 +212,16 @@ def test_several_classes_one_forward_equal_single_class_runs(nnunet_models, mult
     one = str(multi_inputs / "mc0_0000.nii.gz")
     handle = network.register_forward_pre_hook(count)
     try:
-        both = run_cam_for_prediction(predictor, one, None, "encoder.stages.3", target_class=[1, 2],
-                                      save_slices=False)[0]
+        both = run_cam_for_prediction(
+            predictor, one, None, "encoder.stages.3", target_class=[1, 2], save_slices=False
+        )[0]
         n_multi = len(batch_sizes)
-        singles = [run_cam_for_prediction(predictor, one, None, "encoder.stages.3", target_class=k,
-                                          save_slices=False)[0] for k in (1, 2)]
+        singles = [
+            run_cam_for_prediction(
+                predictor, one, None, "encoder.stages.3", target_class=k, save_slices=False
+            )[0]
+            for k in (1, 2)
+        ]
     finally:
         handle.remove()
     assert set(batch_sizes) == {1}

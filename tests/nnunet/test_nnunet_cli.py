@@ -21,13 +21,39 @@ pytestmark = pytest.mark.slow
 # The interface of nnunetv2_cam 0.1.6.1 (names only): checked on every machine, and compared with
 # the installed package's own source where it is installed.
 NNUNETV2_CAM_FLAGS = [
-    "-i", "-o", "-m", "-f", "-chk", "--target-layer", "--target-class", "--method", "--cam-type",
-    "--disable-tta", "-step_size", "-device", "--list-layers", "--list-methods", "--verbose",
-    "--no-save-slices", "--save-numpy", "--pool-size", "--pool-mode",
+    "-i",
+    "-o",
+    "-m",
+    "-f",
+    "-chk",
+    "--target-layer",
+    "--target-class",
+    "--method",
+    "--cam-type",
+    "--disable-tta",
+    "-step_size",
+    "-device",
+    "--list-layers",
+    "--list-methods",
+    "--verbose",
+    "--no-save-slices",
+    "--save-numpy",
+    "--pool-size",
+    "--pool-mode",
 ]
 NNUNETV2_CAM_PARAMETERS = [
-    "predictor", "input_files", "output_folder", "target_layer", "target_class", "method", "cam_type",
-    "device", "save_slices", "verbose", "pool_size", "pool_mode",
+    "predictor",
+    "input_files",
+    "output_folder",
+    "target_layer",
+    "target_class",
+    "method",
+    "cam_type",
+    "device",
+    "save_slices",
+    "verbose",
+    "pool_size",
+    "pool_mode",
 ]
 
 
@@ -47,7 +73,9 @@ def _peer_flags() -> list[str]:
     flags = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
-            flags += [a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("-")]
+            flags += [
+                a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("-")
+            ]
     return flags
 
 
@@ -55,8 +83,11 @@ def _peer_parameters() -> list[str]:
     source = _peer_source("api.py")
     if source is None:
         return NNUNETV2_CAM_PARAMETERS
-    fn = next(n for n in ast.walk(ast.parse(source))
-              if isinstance(n, ast.FunctionDef) and n.name == "run_cam_for_prediction")
+    fn = next(
+        n
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.FunctionDef) and n.name == "run_cam_for_prediction"
+    )
     return [a.arg for a in fn.args.args]
 
 
@@ -82,8 +113,20 @@ def test_list_methods_needs_nothing_else(capsys):
 
 
 def test_list_layers_needs_only_the_model(nnunet_models, capsys):
-    assert cli_main(["--list-layers", "-m", str(nnunet_models.model_folder(builder.SPHERE)), "-f", "0",
-                     "-device", "cpu"]) == 0
+    assert (
+        cli_main(
+            [
+                "--list-layers",
+                "-m",
+                str(nnunet_models.model_folder(builder.SPHERE)),
+                "-f",
+                "0",
+                "-device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "encoder.stages.3" in out and "bottleneck" in out and "last decoder stage" in out
     bottleneck = next(line for line in out.splitlines() if "bottleneck" in line)
@@ -96,10 +139,34 @@ def test_compiled_prefix_and_module_cli(nnunet_models, sphere_inputs, tmp_path):
     from medcam3d.cli import main as top_main
 
     out = tmp_path / "out"
-    code = top_main(["nnunet", "-i", str(sphere_inputs / "sph1_0000.nii.gz"), "-o", str(out),
-                     "-m", str(nnunet_models.model_folder(builder.SPHERE)), "-f", "0", "--disable-tta",
-                     "--target-layer", "_orig_mod.encoder.stages.2", "--method", "segxrescam", "--pool-size", "2",
-                     "--pool-mode", "mean", "-device", "cpu", "--no-save-slices", "--no-progress", "-step_size", "0.7"])
+    code = top_main(
+        [
+            "nnunet",
+            "-i",
+            str(sphere_inputs / "sph1_0000.nii.gz"),
+            "-o",
+            str(out),
+            "-m",
+            str(nnunet_models.model_folder(builder.SPHERE)),
+            "-f",
+            "0",
+            "--disable-tta",
+            "--target-layer",
+            "_orig_mod.encoder.stages.2",
+            "--method",
+            "segxrescam",
+            "--pool-size",
+            "2",
+            "--pool-mode",
+            "mean",
+            "-device",
+            "cpu",
+            "--no-save-slices",
+            "--no-progress",
+            "-step_size",
+            "0.7",
+        ]
+    )
     assert code == 0
     assert (out / "sph1_segxrescam_class1.nii.gz").is_file()
 
@@ -126,7 +193,18 @@ def test_bad_input_fails_early_without_output(nnunet_models, multi_inputs, tmp_p
     inputs = tmp_path / "in"
     shutil.copytree(multi_inputs, inputs)
     out = tmp_path / "out"
-    args = ["-i", str(inputs), "-o", str(out), "-m", str(model), "-f", "0", "--target-layer", "encoder.stages.3"]
+    args = [
+        "-i",
+        str(inputs),
+        "-o",
+        str(out),
+        "-m",
+        str(model),
+        "-f",
+        "0",
+        "--target-layer",
+        "encoder.stages.3",
+    ]
     if case == "no_model":
         args[5] = str(tmp_path / "nowhere")
     elif case == "no_fold":
@@ -158,9 +236,26 @@ def test_failing_case_is_reported_and_others_continue(nnunet_models, multi_input
     shutil.copytree(multi_inputs.parent / "multi_masks", masks)
     builder.write_image(np.zeros((5, 6, 7), np.uint8), masks / "mc1.nii.gz", (1.0, 1.0, 1.0))
     out = tmp_path / "out"
-    code = _run(["-i", str(multi_inputs), "-o", str(out), "-m", str(model), "-f", "0", "--disable-tta",
-                 "--target-layer", "encoder.stages.3", "--target", "mask", "--masks", str(masks),
-                 "--no-save-slices"])
+    code = _run(
+        [
+            "-i",
+            str(multi_inputs),
+            "-o",
+            str(out),
+            "-m",
+            str(model),
+            "-f",
+            "0",
+            "--disable-tta",
+            "--target-layer",
+            "encoder.stages.3",
+            "--target",
+            "mask",
+            "--masks",
+            str(masks),
+            "--no-save-slices",
+        ]
+    )
     assert code == 1
     assert "mc1" in capsys.readouterr().err
     names = sorted(p.name for p in out.iterdir())

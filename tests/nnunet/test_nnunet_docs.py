@@ -22,7 +22,9 @@ FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```", re.S | re.M)
 
 
 def blocks(kind: str) -> list[str]:
-    return [body for info, body in FENCE.findall(DOC.read_text(encoding="utf-8")) if info.split()[:1] == [kind]]
+    return [
+        body for info, body in FENCE.findall(DOC.read_text(encoding="utf-8")) if info.split()[:1] == [kind]
+    ]
 
 
 def substitute(text: str, model: Path, inputs: Path) -> str:

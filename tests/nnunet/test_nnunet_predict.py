@@ -36,8 +36,9 @@ def _nnunet_sequential(model_folder: Path, folds, inputs: Path, out: Path, tta: 
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=tta, device=torch.device("cpu"),
-                                allow_tqdm=False)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5, use_mirroring=tta, device=torch.device("cpu"), allow_tqdm=False
+    )
     predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=folds)
     out.mkdir(parents=True, exist_ok=True)
     predictor.predict_from_files_sequential(str(inputs), str(out))
@@ -55,16 +56,56 @@ def test_segmentation_identical_to_nnunetv2_predict(nnunet_models, sphere_inputs
     assert nnunet_cmd is not None
     env = dict(os.environ, **nnunet_models.env)
     proc = subprocess.run(
-        [nnunet_cmd, "-i", str(sphere_inputs), "-o", str(reference), "-d", str(spec.dataset_id), "-c", "3d_fullres",
-         "-tr", builder.TRAINER_NAME, "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1",
-         "--disable_progress_bar"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            nnunet_cmd,
+            "-i",
+            str(sphere_inputs),
+            "-o",
+            str(reference),
+            "-d",
+            str(spec.dataset_id),
+            "-c",
+            "3d_fullres",
+            "-tr",
+            builder.TRAINER_NAME,
+            "-f",
+            "0",
+            "1",
+            "-device",
+            "cpu",
+            "-npp",
+            "1",
+            "-nps",
+            "1",
+            "--disable_progress_bar",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ours = tmp_path / "ours"
-    code = cli_main(["-i", str(sphere_inputs), "-o", str(ours), "-m", str(model), "-f", "0", "1",
-                     "--target-layer", "encoder.stages.3", "decoder.stages.2", "-device", "cpu", "--no-progress",
-                     "--save-numpy"])
+    code = cli_main(
+        [
+            "-i",
+            str(sphere_inputs),
+            "-o",
+            str(ours),
+            "-m",
+            str(model),
+            "-f",
+            "0",
+            "1",
+            "--target-layer",
+            "encoder.stages.3",
+            "decoder.stages.2",
+            "-device",
+            "cpu",
+            "--no-progress",
+            "--save-numpy",
+        ]
+    )
     assert code == 0
     for case in ("sph0", "sph1"):
         ref_seg = _sitk_array(reference / f"{case}.nii.gz")
@@ -83,8 +124,15 @@ def test_segmentation_identical_to_nnunetv2_predict(nnunet_models, sphere_inputs
         assert len(pngs) == cam.shape[0]
     # nothing else than the promised outputs
     names = {p.name for p in ours.iterdir()}
-    assert names == {"sph0.nii.gz", "sph1.nii.gz", "sph0_gradcam_class1.nii.gz", "sph1_gradcam_class1.nii.gz",
-                     "sph0_gradcam_class1.npy", "sph1_gradcam_class1.npy", "gradcam"}
+    assert names == {
+        "sph0.nii.gz",
+        "sph1.nii.gz",
+        "sph0_gradcam_class1.nii.gz",
+        "sph1_gradcam_class1.nii.gz",
+        "sph0_gradcam_class1.npy",
+        "sph1_gradcam_class1.npy",
+        "gradcam",
+    }
 
 
 def test_multichannel_two_classes_nibabel_identical(nnunet_models, multi_inputs, tmp_path):
@@ -97,8 +145,15 @@ def test_multichannel_two_classes_nibabel_identical(nnunet_models, multi_inputs,
     reference = tmp_path / "reference"
     _nnunet_sequential(model, (0,), multi_inputs, reference, tta=False)
     predictor = load_predictor(model, folds=(0,), use_mirroring=False)
-    maps = run_cam_for_prediction(predictor, str(multi_inputs), str(tmp_path / "ours"), "encoder.stages.3",
-                                  target_class=[1, 2], method="hirescam", save_slices=False)
+    maps = run_cam_for_prediction(
+        predictor,
+        str(multi_inputs),
+        str(tmp_path / "ours"),
+        "encoder.stages.3",
+        target_class=[1, 2],
+        method="hirescam",
+        save_slices=False,
+    )
     assert len(maps) == 2
     for i, case in enumerate(("mc0", "mc1")):
         ref = nibabel.load(reference / f"{case}.nii.gz")
@@ -110,7 +165,10 @@ def test_multichannel_two_classes_nibabel_identical(nnunet_models, multi_inputs,
             np.testing.assert_allclose(cam.affine, source.affine, atol=1e-5)
             assert cam.shape == source.shape
             assert cam.get_data_dtype() == np.float32
-        assert maps[i].shape == (2, *reversed(source.shape))  # (T, z, y, x): nnU-Net's array order for NibabelIO
+        assert maps[i].shape == (
+            2,
+            *reversed(source.shape),
+        )  # (T, z, y, x): nnU-Net's array order for NibabelIO
         assert not np.allclose(maps[i][0], maps[i][1])  # class-specific
 
 
@@ -121,8 +179,15 @@ def test_2d_configuration_on_3d_volume(nnunet_models, sphere_inputs, tmp_path):
     reference = tmp_path / "reference"
     _nnunet_sequential(model, (0,), sphere_inputs, reference)
     predictor = load_predictor(model, folds=(0,))
-    maps = run_cam_for_prediction(predictor, str(sphere_inputs / "sph1_0000.nii.gz"), str(tmp_path / "ours"),
-                                  "decoder.stages.2", target_class=1, cam_type="2d", save_slices=False)
+    maps = run_cam_for_prediction(
+        predictor,
+        str(sphere_inputs / "sph1_0000.nii.gz"),
+        str(tmp_path / "ours"),
+        "decoder.stages.2",
+        target_class=1,
+        cam_type="2d",
+        save_slices=False,
+    )
     ref = _sitk_array(reference / "sph1.nii.gz")
     np.testing.assert_array_equal(_sitk_array(tmp_path / "ours" / "sph1.nii.gz"), ref)
     cam = maps[0]
@@ -137,10 +202,19 @@ def test_mask_target_and_channel_target(nnunet_models, multi_inputs, tmp_path):
     predictor = load_predictor(model, folds=(0,), use_mirroring=False)
     one = str(multi_inputs / "mc0_0000.nii.gz")
     masks = {"mc0": str(multi_inputs.parent / "multi_masks" / "mc0.nii.gz")}
-    by_mask = run_cam_for_prediction(predictor, one, None, "encoder.stages.2", target_class=1, target="mask",
-                                     mask_files=masks, save_slices=False)[0]
-    whole = run_cam_for_prediction(predictor, one, None, "encoder.stages.2", target_class=1, target="channel",
-                                   save_slices=False)[0]
+    by_mask = run_cam_for_prediction(
+        predictor,
+        one,
+        None,
+        "encoder.stages.2",
+        target_class=1,
+        target="mask",
+        mask_files=masks,
+        save_slices=False,
+    )[0]
+    whole = run_cam_for_prediction(
+        predictor, one, None, "encoder.stages.2", target_class=1, target="channel", save_slices=False
+    )[0]
     for cam in (by_mask, whole):
         assert np.isfinite(cam).all() and 0.0 <= cam.min() and cam.max() <= 1.0
     assert not np.allclose(by_mask, whole)

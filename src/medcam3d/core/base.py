@@ -254,7 +254,9 @@ class BaseCAM:
         weights_t = torch.as_tensor(weights, device=activations.device, dtype=activations.dtype)
         return broadcast_channels(weights_t, activations) * activations
 
-    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: bool = False) -> torch.Tensor:
+    def layer_map(
+        self, activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: bool = False
+    ) -> torch.Tensor:
         """The map of one layer at feature resolution ``(N, *s)`` (before ReLU and resizing)."""
         weighted = self.weighted_activations(activations, grads)
         if eigen_smooth:
@@ -353,9 +355,7 @@ class BaseCAM:
         return targets
 
     # ------------------------------------------------------------------ pipeline
-    def _forward(
-        self, input_tensor: torch.Tensor, taps: LayerTaps
-    ) -> tuple[torch.Tensor, Any]:
+    def _forward(self, input_tensor: torch.Tensor, taps: LayerTaps) -> tuple[torch.Tensor, Any]:
         with taps:
             raw_output = self.model(input_tensor)
         output = self._select_output(raw_output)
@@ -469,7 +469,9 @@ class BaseCAM:
                         grads = list(computed)
                     layer_maps = []
                     for (name, module), act, grad in zip(self.layers, activations, grads):
-                        act_p = self._prepare(name, act if self.create_graph else act.detach(), len(spatial), batch)
+                        act_p = self._prepare(
+                            name, act if self.create_graph else act.detach(), len(spatial), batch
+                        )
                         grad_p = self._prepare(name, grad, len(spatial), batch) if grad is not None else None
                         self.context = CallContext(
                             input_tensor, targets, name, module, target_output.detach(), output_inverse
@@ -522,7 +524,9 @@ class BaseCAM:
             raise TargetError("target_sets is empty: pass at least one list of targets.")
         normalize = self.normalize if normalize is None else normalize
         if type(self).compute is not BaseCAM.compute or self.create_graph:
-            return [self.compute(input_tensor, t, eigen_smooth=eigen_smooth, normalize=normalize) for t in sets]
+            return [
+                self.compute(input_tensor, t, eigen_smooth=eigen_smooth, normalize=normalize) for t in sets
+            ]
         x = self._check_input(input_tensor)
         return self._compute_sets(x, sets, eigen_smooth, normalize)
 

@@ -59,7 +59,9 @@ def layer_name(model: nn.Module, layer: nn.Module) -> str:
     return type(layer).__name__
 
 
-def resolve_layers(model: nn.Module, target_layers: Sequence[LayerSpec] | LayerSpec) -> list[tuple[str, nn.Module]]:
+def resolve_layers(
+    model: nn.Module, target_layers: Sequence[LayerSpec] | LayerSpec
+) -> list[tuple[str, nn.Module]]:
     """Turn modules or dotted names into ``(name, module)`` pairs.
 
     Names follow ``model.named_modules()`` (``"encoder.stages.4"``); ``"layer4[-1]"`` and
@@ -70,7 +72,9 @@ def resolve_layers(model: nn.Module, target_layers: Sequence[LayerSpec] | LayerS
     if isinstance(target_layers, (nn.Module, str)):
         target_layers = [target_layers]
     if len(target_layers) == 0:
-        raise LayerNotFoundError("target_layers is empty: pass at least one layer (a module or a dotted name).")
+        raise LayerNotFoundError(
+            "target_layers is empty: pass at least one layer (a module or a dotted name)."
+        )
     root = _unwrap(model)
     names = [n for n, _ in root.named_modules() if n]
     resolved: list[tuple[str, nn.Module]] = []

@@ -59,7 +59,9 @@ def model_lock(model: nn.Module) -> threading.RLock:
 
 
 @contextmanager
-def model_state(model: nn.Module, eval_mode: bool = True, freeze_parameters: bool = True) -> Iterator[nn.Module]:
+def model_state(
+    model: nn.Module, eval_mode: bool = True, freeze_parameters: bool = True
+) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode and freeze its parameters for a ``with`` block, then restore both.
 
     Args:

@@ -122,8 +122,10 @@ class SemanticSegmentationTarget:
 
     def __init__(self, category: int, mask: Any = None) -> None:
         self.category = category
-        self.mask = None if mask is None else torch.as_tensor(
-            np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask
+        self.mask = (
+            None
+            if mask is None
+            else torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
         )
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
@@ -135,7 +137,9 @@ class SemanticSegmentationTarget:
         _check_category(self.category, model_output)
         channel = model_output[self.category]
         if self.mask is None:
-            mask = (model_output.detach().argmax(dim=0) == (self.category % model_output.shape[0])).to(channel.dtype)
+            mask = (model_output.detach().argmax(dim=0) == (self.category % model_output.shape[0])).to(
+                channel.dtype
+            )
         else:
             if tuple(self.mask.shape) != tuple(channel.shape):
                 raise TargetError(
@@ -170,8 +174,10 @@ class RegionTarget:
             raise TargetError(f"reduction must be 'sum' or 'mean', got {reduction!r}.")
         self.category = category
         self.box = [tuple(int(v) for v in pair) for pair in box] if box is not None else None
-        self.mask = None if mask is None else torch.as_tensor(
-            np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask
+        self.mask = (
+            None
+            if mask is None
+            else torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
         )
         self.reduction = reduction
 

@@ -251,8 +251,8 @@ def run_demo(
     Returns:
         :class:`DemoResult`. The maps are ``(D, H, W)`` = ``(z, y, x)``, in [0, 1].
     """
-    from medcam3d.io import write_image, write_map
     from medcam3d.core.targets import ClassifierOutputTarget
+    from medcam3d.io import write_image, write_map
 
     start = time.perf_counter()
     registry = demo_methods()

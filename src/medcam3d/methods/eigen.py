@@ -32,7 +32,9 @@ class EigenCAM(BaseCAM):
 
     uses_gradients = False
 
-    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False) -> torch.Tensor:
+    def layer_map(
+        self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False
+    ) -> torch.Tensor:
         return first_component_projection(activations)
 
 
@@ -40,7 +42,9 @@ class EigenGradCAM(BaseCAM):
     """EigenGradCAM: the first principal component of gradient × activation ``G ⊙ A``
     (``(N, K, *s)`` → ``(N, *s)``), a class-discriminative EigenCAM."""
 
-    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: bool = False) -> torch.Tensor:
+    def layer_map(
+        self, activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: bool = False
+    ) -> torch.Tensor:
         return first_component_projection(grads * activations)
 
 
@@ -158,7 +162,9 @@ class KPCA_CAM(BaseCAM):
         self.landmarks = landmarks
         self.seed = seed
 
-    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False) -> torch.Tensor:
+    def layer_map(
+        self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False
+    ) -> torch.Tensor:
         return kernel_pca_projection(
             activations, self.kernel, self.gamma, landmarks=self.landmarks, seed=self.seed
         )

@@ -45,6 +45,8 @@ class FEM(BaseCAM):
         weights = above.mean(dim=axes)
         return broadcast_channels(weights, activations) * activations
 
-    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False) -> torch.Tensor:
+    def layer_map(
+        self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False
+    ) -> torch.Tensor:
         weighted = self.weighted_activations(activations, grads)
         return first_component_projection(weighted) if eigen_smooth else weighted.sum(dim=1)

@@ -11,9 +11,9 @@ import torch.nn as nn
 
 from medcam3d.core.base import BaseCAM, CAMResult, Target
 from medcam3d.core.layers import LayerSpec
+from medcam3d.core.targets import FinerWeightedTarget
 from medcam3d.errors import TargetError
 from medcam3d.methods.gradient import GradCAM
-from medcam3d.core.targets import FinerWeightedTarget
 
 __all__ = ["FinerCAM", "FinerAutoTarget"]
 
@@ -29,7 +29,10 @@ class FinerAutoTarget:
     """
 
     def __init__(
-        self, alpha: float = 1.0, comparison_categories: Sequence[int] | None = None, target_idx: int | None = None
+        self,
+        alpha: float = 1.0,
+        comparison_categories: Sequence[int] | None = None,
+        target_idx: int | None = None,
     ) -> None:
         self.alpha = alpha
         self.comparison_categories = comparison_categories
@@ -144,4 +147,6 @@ class FinerCAM:
         return None
 
     def __repr__(self) -> str:
-        return f"FinerCAM(base_method={type(self.base_cam).__name__}, target_layers={self.base_cam.layer_names})"
+        return (
+            f"FinerCAM(base_method={type(self.base_cam).__name__}, target_layers={self.base_cam.layer_names})"
+        )

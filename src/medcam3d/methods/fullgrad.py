@@ -163,7 +163,9 @@ class FullGrad(BaseCAM):
             for g, a in zip(grads[:-1], activations)
         ]
 
-    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: bool = False) -> torch.Tensor:
+    def layer_map(
+        self, activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: bool = False
+    ) -> torch.Tensor:
         ctx = self.context
         assert ctx is not None
         bias = self.effective_bias(ctx.layer).to(grads.device)

@@ -160,4 +160,6 @@ class RandomCAM(BaseCAM):
         if self.seed is not None:
             generator = torch.Generator(device=activations.device).manual_seed(self.seed)
         shape = activations.shape[:2]
-        return torch.rand(shape, generator=generator, device=activations.device, dtype=activations.dtype) * 2 - 1
+        return (
+            torch.rand(shape, generator=generator, device=activations.device, dtype=activations.dtype) * 2 - 1
+        )

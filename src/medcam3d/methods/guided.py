@@ -24,10 +24,10 @@ import torch.nn as nn
 from medcam3d.core.base import CAMResult, Target, _ModelState, model_device, select_output
 from medcam3d.core.layers import LayerSpec
 from medcam3d.core.taps import LayerTaps
+from medcam3d.core.targets import ClassifierOutputTarget
 from medcam3d.core.tensors import minmax_normalize
 from medcam3d.errors import InputShapeError, TargetError
 from medcam3d.methods.gradient import GradCAM
-from medcam3d.core.targets import ClassifierOutputTarget
 
 __all__ = ["GuidedBackpropHooks", "guided_backprop", "GuidedBackpropReLUModel", "GuidedGradCAM"]
 
@@ -70,7 +70,9 @@ class GuidedBackpropHooks:
             return
         mask = stack.pop()
         if isinstance(output, torch.Tensor) and output.requires_grad:
-            output.register_hook(lambda grad, positive=mask: grad.clamp_min(0) * positive if self.active else None)
+            output.register_hook(
+                lambda grad, positive=mask: grad.clamp_min(0) * positive if self.active else None
+            )
 
     def __enter__(self) -> GuidedBackpropHooks:
         for module in self.model.modules():
@@ -137,7 +139,9 @@ def guided_backprop(
             with GuidedBackpropHooks(model):
                 output = select_output(model(x), output_index)
                 target_list = _as_targets(targets, output)
-                score = torch.stack([torch.as_tensor(t(output[i])).sum() for i, t in enumerate(target_list)]).sum()
+                score = torch.stack(
+                    [torch.as_tensor(t(output[i])).sum() for i, t in enumerate(target_list)]
+                ).sum()
                 (grad,) = torch.autograd.grad(score, x)
         return grad.detach()
     finally:
@@ -235,7 +239,11 @@ class GuidedGradCAM(GradCAM):
             if aug_smooth:
                 target_list = list(targets) if targets is not None else self.default_targets(result.output)
                 guided = guided_backprop(
-                    self.model, self._check_input(input_tensor), target_list, self.output_index, self.eval_mode
+                    self.model,
+                    self._check_input(input_tensor),
+                    target_list,
+                    self.output_index,
+                    self.eval_mode,
                 )
             else:
                 assert self._guided is not None

@@ -174,7 +174,9 @@ class ScoreCAM(PerturbationCAM):
                 for start, stop in self._chunks(varying.numel(), size, "ScoreCAM"):
                     jobs = varying[start:stop]
                     rows_s, rows_c = samples[jobs], channels[jobs]
-                    masks = resize_maps(activations[rows_s, rows_c].unsqueeze(1).float(), spatial)  # (B, 1, *S)
+                    masks = resize_maps(
+                        activations[rows_s, rows_c].unsqueeze(1).float(), spatial
+                    )  # (B, 1, *S)
                     flat_masks = masks.reshape(masks.shape[0], -1)
                     low = flat_masks.min(dim=1).values
                     high = flat_masks.max(dim=1).values
@@ -240,7 +242,9 @@ class AblationCAM(PerturbationCAM):
         assert ctx is not None
         x = ctx.input_tensor
         n, k = activations.shape[:2]
-        original = self._row_scores(ctx.output, ctx.targets, torch.arange(n, device=x.device), transform=False)
+        original = self._row_scores(
+            ctx.output, ctx.targets, torch.arange(n, device=x.device), transform=False
+        )
         selected = self.channel_selection(activations)
         chosen = selected.shape[1]
         samples = torch.arange(n, device=x.device).repeat_interleave(chosen)

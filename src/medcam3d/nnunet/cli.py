@@ -24,35 +24,81 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", type=str, help="input folder (or one file) named <case>_0000<ending>, <case>_0001…")
     p.add_argument("-o", type=str, help="output folder (created if missing)")
     p.add_argument("-m", type=str, help="trained model folder (holds plans.json, dataset.json, fold_X/)")
-    p.add_argument("-f", nargs="+", type=str, default=["0", "1", "2", "3", "4"],
-                   help="folds to ensemble (default: 0 1 2 3 4, as nnUNetv2_predict)")
-    p.add_argument("-chk", type=str, default="checkpoint_final.pth", help="checkpoint name (default: %(default)s)")
+    p.add_argument(
+        "-f",
+        nargs="+",
+        type=str,
+        default=["0", "1", "2", "3", "4"],
+        help="folds to ensemble (default: 0 1 2 3 4, as nnUNetv2_predict)",
+    )
+    p.add_argument(
+        "-chk", type=str, default="checkpoint_final.pth", help="checkpoint name (default: %(default)s)"
+    )
     p.add_argument("--target-layer", type=str, nargs="+", help="target layer name(s); see --list-layers")
-    p.add_argument("--target-class", type=int, nargs="+", default=[1],
-                   help="target class index or indices (default: 1); one map per class")
-    p.add_argument("--method", type=str, default="gradcam", help="CAM method (default: gradcam); see --list-methods")
-    p.add_argument("--cam-type", type=str, default="3d", choices=["2d", "3d"],
-                   help="'3d' normalises over the volume (default), '2d' per axial slice")
+    p.add_argument(
+        "--target-class",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="target class index or indices (default: 1); one map per class",
+    )
+    p.add_argument(
+        "--method", type=str, default="gradcam", help="CAM method (default: gradcam); see --list-methods"
+    )
+    p.add_argument(
+        "--cam-type",
+        type=str,
+        default="3d",
+        choices=["2d", "3d"],
+        help="'3d' normalises over the volume (default), '2d' per axial slice",
+    )
     p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
-    p.add_argument("-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
-    p.add_argument("-device", type=str, default="cuda", choices=["cuda", "cpu", "mps"],
-                   help="device (default: cuda, falling back to cpu with a warning)")
+    p.add_argument(
+        "-step_size", type=float, default=0.5, help="sliding-window step as a fraction of the patch"
+    )
+    p.add_argument(
+        "-device",
+        type=str,
+        default="cuda",
+        choices=["cuda", "cpu", "mps"],
+        help="device (default: cuda, falling back to cpu with a warning)",
+    )
     p.add_argument("--verbose", action="store_true", help="more messages")
-    p.add_argument("--list-layers", action="store_true",
-                   help="print the layers with their feature-map size at the patch size (needs only -m) and exit")
+    p.add_argument(
+        "--list-layers",
+        action="store_true",
+        help="print the layers with their feature-map size at the patch size (needs only -m) and exit",
+    )
     p.add_argument("--list-methods", action="store_true", help="print the CAM methods and exit")
     p.add_argument("--no-save-slices", action="store_true", help="do not write PNG overlays per slice")
-    p.add_argument("--save-numpy", action="store_true", help="also write each map as <case>_<method>_class<k>.npy")
+    p.add_argument(
+        "--save-numpy", action="store_true", help="also write each map as <case>_<method>_class<k>.npy"
+    )
     p.add_argument("--pool-size", type=int, default=None, help="Seg-XRes-CAM gradient pooling size")
-    p.add_argument("--pool-mode", type=str, default="max", choices=["max", "mean"], help="Seg-XRes-CAM pooling")
+    p.add_argument(
+        "--pool-mode", type=str, default="max", choices=["max", "mean"], help="Seg-XRes-CAM pooling"
+    )
     # ours
-    p.add_argument("--target", type=str, default="prediction", choices=["prediction", "channel", "mask"],
-                   help="'prediction': class logit over the voxels each patch predicts as the class (Seg-Grad-CAM, "
-                        "default); 'channel': the whole class channel; 'mask': the voxels of --masks files")
-    p.add_argument("--masks", type=str, default=None,
-                   help="folder with one mask per case named <case><ending> (for --target mask)")
-    p.add_argument("-prev_stage_predictions", type=str, default=None,
-                   help="previous-stage segmentations (cascade), as nnUNetv2_predict")
+    p.add_argument(
+        "--target",
+        type=str,
+        default="prediction",
+        choices=["prediction", "channel", "mask"],
+        help="'prediction': class logit over the voxels each patch predicts as the class (Seg-Grad-CAM, "
+        "default); 'channel': the whole class channel; 'mask': the voxels of --masks files",
+    )
+    p.add_argument(
+        "--masks",
+        type=str,
+        default=None,
+        help="folder with one mask per case named <case><ending> (for --target mask)",
+    )
+    p.add_argument(
+        "-prev_stage_predictions",
+        type=str,
+        default=None,
+        help="previous-stage segmentations (cascade), as nnUNetv2_predict",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -62,7 +108,7 @@ def register(subparsers: Any) -> None:
         "nnunet",
         help="segment and explain with a trained nnU-Net v2 model (nnunetv2_cam compatible)",
         description="Segmentation and CAMs from one forward pass per (patch, fold, mirror) of a trained nnU-Net "
-                    "v2 model; maps written with the input's geometry.",
+        "v2 model; maps written with the input's geometry.",
     )
     add_arguments(p)
     p.set_defaults(func=run)
@@ -110,14 +156,18 @@ def _print_layers(predictor: Any) -> None:
     infos = sorted(infos, key=lambda info: tree_order.get(info.name, len(tree_order)))
     marks = suggested_layers(network)
     width = max(2 * i.name.count(".") + len(i.name) for i in infos)
-    lines = [f"Layers of {type(network).__name__} at patch size {patch} (channels, feature-map size; * = suggested):"]
+    lines = [
+        f"Layers of {type(network).__name__} at patch size {patch} (channels, feature-map size; * = suggested):"
+    ]
     for info in infos:
         shape = "x".join(str(s) for s in info.spatial_shape) if info.output_shape else "-"
         chans = str(info.output_shape[1]) if info.output_shape and len(info.output_shape) > 1 else "-"
         mark = f"  * {marks[info.name]}" if info.name in marks else ""
         label = "  " * info.name.count(".") + info.name
         lines.append(f"{label.ljust(width)}  {info.type:<22} {chans:>5} ch  {shape}{mark}")
-    lines.append("In-place activations (LeakyReLU(inplace=True)) are best tapped through their block's output.")
+    lines.append(
+        "In-place activations (LeakyReLU(inplace=True)) are best tapped through their block's output."
+    )
     sys.stdout.write("\n".join(lines) + "\n")
 
 
@@ -141,11 +191,16 @@ def run(args: argparse.Namespace) -> int:
     folds = [f if f == "all" else int(f) for f in args.f]
     device = _device(args.device)
     if args.list_layers:
-        predictor = load_predictor(args.m, folds=folds, checkpoint_name=args.chk, device=device, verbose=args.verbose)
+        predictor = load_predictor(
+            args.m, folds=folds, checkpoint_name=args.chk, device=device, verbose=args.verbose
+        )
         _print_layers(predictor)
         return 0
-    missing = [flag for flag, value in (("-i", args.i), ("-o", args.o), ("--target-layer", args.target_layer))
-               if not value]
+    missing = [
+        flag
+        for flag, value in (("-i", args.i), ("-o", args.o), ("--target-layer", args.target_layer))
+        if not value
+    ]
     if missing:
         raise ConfigurationError(f"Missing required argument(s): {', '.join(missing)}.")
     if args.target == "mask" and not args.masks:
@@ -156,9 +211,15 @@ def run(args: argparse.Namespace) -> int:
             f"{Path(args.m).name} is a cascade stage (previous stage: {previous}): pass -prev_stage_predictions "
             f"FOLDER with the {previous} model's segmentations of these cases (e.g. from nnUNetv2_predict)."
         )
-    predictor = load_predictor(args.m, folds=folds, checkpoint_name=args.chk, device=device,
-                               tile_step_size=args.step_size, use_mirroring=not args.disable_tta,
-                               verbose=args.verbose)
+    predictor = load_predictor(
+        args.m,
+        folds=folds,
+        checkpoint_name=args.chk,
+        device=device,
+        tile_step_size=args.step_size,
+        use_mirroring=not args.disable_tta,
+        verbose=args.verbose,
+    )
     method_kwargs: dict[str, Any] = {}
     if args.pool_size is not None or args.method.lower() == "segxrescam":
         method_kwargs = {"pool_size": args.pool_size, "pool_mode": args.pool_mode}
@@ -182,7 +243,9 @@ def run(args: argparse.Namespace) -> int:
             f"{predictor.configuration_manager.previous_stage_name}): pass -prev_stage_predictions FOLDER with the "
             "previous stage's segmentations."
         )
-    prev = _match_prev_stage(cases, args.prev_stage_predictions, runner.file_ending) if runner.cascaded else {}
+    prev = (
+        _match_prev_stage(cases, args.prev_stage_predictions, runner.file_ending) if runner.cascaded else {}
+    )
     out = Path(args.o)
     _check_output_folder(out, cases, runner, args.save_numpy)
     if not args.no_save_slices:
@@ -195,8 +258,12 @@ def run(args: argparse.Namespace) -> int:
     for case in tqdm(cases, desc="cases", disable=args.no_progress):
         try:
             result = runner.run_case(
-                case, out, mask_file=masks.get(case.identifier), prev_stage_file=prev.get(case.identifier),
-                save_slices=not args.no_save_slices, save_numpy=args.save_numpy,
+                case,
+                out,
+                mask_file=masks.get(case.identifier),
+                prev_stage_file=prev.get(case.identifier),
+                save_slices=not args.no_save_slices,
+                save_numpy=args.save_numpy,
             )
             if args.verbose:
                 logger.info("%s: wrote %d files", case.identifier, len(result.files))

@@ -13,8 +13,14 @@ import numpy as np
 from medcam3d._atomic import atomic_path
 from medcam3d.errors import ConfigurationError, InputFileError
 
-__all__ = ["Case", "group_input_files", "write_float_map", "strip_file_ending", "check_readable",
-           "check_map_writer"]
+__all__ = [
+    "Case",
+    "group_input_files",
+    "write_float_map",
+    "strip_file_ending",
+    "check_readable",
+    "check_map_writer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +73,9 @@ def group_input_files(
     cases: dict[str, Case] = {}
     for item in items:
         if item.is_dir():
-            folder_files = sorted(f.name for f in item.iterdir() if f.is_file() and f.name.endswith(file_ending))
+            folder_files = sorted(
+                f.name for f in item.iterdir() if f.is_file() and f.name.endswith(file_ending)
+            )
             identifiers = list(get_identifiers_from_splitted_dataset_folder(str(item), file_ending))
             if not identifiers:
                 raise InputFileError(

@@ -87,16 +87,18 @@ def load_predictor(
             )
     available = sorted(p.name for p in folder.glob("fold_*") if p.is_dir())
     if folds is None:
-        folds = [p[len("fold_"):] for p in available if (folder / p / checkpoint_name).is_file()]
+        folds = [p[len("fold_") :] for p in available if (folder / p / checkpoint_name).is_file()]
         if not folds:
-            raise ConfigurationError(f"No fold folder of {folder} holds {checkpoint_name} (folders: {available}).")
+            raise ConfigurationError(
+                f"No fold folder of {folder} holds {checkpoint_name} (folders: {available})."
+            )
     fold_list = [f if str(f) == "all" else int(f) for f in folds]
     for f in fold_list:
         fold_dir = folder / f"fold_{f}"
         if not fold_dir.is_dir():
             raise ConfigurationError(
                 f"Fold {f} does not exist in {folder}. Available folds: "
-                f"{', '.join(a[len('fold_'):] for a in available) or 'none'}."
+                f"{', '.join(a[len('fold_') :] for a in available) or 'none'}."
             )
         if not (fold_dir / checkpoint_name).is_file():
             present = sorted(p.name for p in fold_dir.glob("*.pth"))
@@ -119,8 +121,9 @@ def load_predictor(
         verbose_preprocessing=False,
         allow_tqdm=verbose,
     )
-    predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(fold_list),
-                                                   checkpoint_name=checkpoint_name)
+    predictor.initialize_from_trained_model_folder(
+        str(folder), use_folds=tuple(fold_list), checkpoint_name=checkpoint_name
+    )
     return predictor
 
 
@@ -185,7 +188,9 @@ class _NnUNetSliding(SlidingWindowCAM):
         padded, _ = pad_nd_image(volume, self.patch_size, "constant", {"value": 0}, True, None)
         expected = tuple(s + a + b for s, (a, b) in zip(volume.shape[1:], pad))
         if tuple(padded.shape[1:]) != expected:  # pragma: no cover - same rule on both sides
-            raise RuntimeError(f"Padding mismatch: nnU-Net padded to {tuple(padded.shape)}, expected {expected}.")
+            raise RuntimeError(
+                f"Padding mismatch: nnU-Net padded to {tuple(padded.shape)}, expected {expected}."
+            )
         return padded
 
     def start_fold(self, state: SlidingState) -> None:
@@ -194,8 +199,13 @@ class _NnUNetSliding(SlidingWindowCAM):
         state.extra["logits"] = torch.zeros((self.num_heads, *shape), dtype=torch.half, device=device)
         state.extra["n_predictions"] = torch.zeros(shape, dtype=torch.half, device=device)
 
-    def on_patch_outputs(self, state: SlidingState, info_slicer: tuple[slice | int, ...],
-                         outputs: list[torch.Tensor], importance: torch.Tensor) -> None:
+    def on_patch_outputs(
+        self,
+        state: SlidingState,
+        info_slicer: tuple[slice | int, ...],
+        outputs: list[torch.Tensor],
+        importance: torch.Tensor,
+    ) -> None:
         # nnU-Net's arithmetic, step by step: mirrored outputs summed then divided, multiplied by
         # the (half) Gaussian, added into half-precision accumulators.
         prediction = outputs[0].clone()
@@ -265,7 +275,10 @@ class NnUNetCAM:
         from medcam3d.core.layers import resolve_layers
         from medcam3d.methods.registry import get_method
 
-        if getattr(predictor, "network", None) is None or getattr(predictor, "list_of_parameters", None) is None:
+        if (
+            getattr(predictor, "network", None) is None
+            or getattr(predictor, "list_of_parameters", None) is None
+        ):
             raise ConfigurationError(
                 "The predictor is not initialised: call predictor.initialize_from_trained_model_folder(...) first "
                 "(or use medcam3d.nnunet.load_predictor)."
@@ -344,7 +357,9 @@ class NnUNetCAM:
                 list(files), prev_stage_file, p.plans_manager, p.configuration_manager, p.dataset_json
             )
         except Exception as exc:  # nnU-Net's readers raise many kinds of errors
-            raise InputFileError(f"Cannot read or preprocess {list(files)}: {type(exc).__name__}: {exc}") from exc
+            raise InputFileError(
+                f"Cannot read or preprocess {list(files)}: {type(exc).__name__}: {exc}"
+            ) from exc
         mask = None
         if self.cascaded:
             if prev_stage_file is None:
@@ -392,8 +407,10 @@ class NnUNetCAM:
         patch_size = tuple(int(s) for s in p.configuration_manager.patch_size)
         mirror_axes = p.allowed_mirroring_axes if self.use_mirroring else None
         if mask is not None:
-            targets: list[Any] = [SlidingSegmentationTarget(k, mask=(mask == k) if (mask == k).any() and k != 0
-                                                            else (mask > 0)) for k in self.target_classes]
+            targets: list[Any] = [
+                SlidingSegmentationTarget(k, mask=(mask == k) if (mask == k).any() and k != 0 else (mask > 0))
+                for k in self.target_classes
+            ]
         elif self.target == "channel":
             targets = [SlidingSegmentationTarget(k, whole_channel=True) for k in self.target_classes]
         else:
@@ -457,7 +474,11 @@ class NnUNetCAM:
 
         p = self.predictor
         plans, configuration = p.plans_manager, p.configuration_manager
-        maps = raw_maps.detach().to("cpu", torch.float32).numpy() if isinstance(raw_maps, torch.Tensor) else raw_maps
+        maps = (
+            raw_maps.detach().to("cpu", torch.float32).numpy()
+            if isinstance(raw_maps, torch.Tensor)
+            else raw_maps
+        )
         shape_after_crop = properties["shape_after_cropping_and_before_resampling"]
         spacing_transposed = [properties["spacing"][i] for i in plans.transpose_forward]
         current_spacing = (
@@ -465,7 +486,9 @@ class NnUNetCAM:
             if len(configuration.spacing) == len(shape_after_crop)
             else [spacing_transposed[0], *configuration.spacing]
         )
-        resampled = configuration.resampling_fn_probabilities(maps, shape_after_crop, current_spacing, spacing_transposed)
+        resampled = configuration.resampling_fn_probabilities(
+            maps, shape_after_crop, current_spacing, spacing_transposed
+        )
         if isinstance(resampled, torch.Tensor):
             resampled = resampled.cpu().numpy()
         resampled = np.asarray(resampled, dtype=np.float32)
@@ -514,15 +537,26 @@ class NnUNetCAM:
             return result
         out = Path(output_folder)
         try:
-            self._write_outputs(case, result, out, properties, save_segmentation, save_maps, save_numpy, save_slices)
+            self._write_outputs(
+                case, result, out, properties, save_segmentation, save_maps, save_numpy, save_slices
+            )
         except BaseException:
             for path in result.files:  # no partial output for a failed case
                 path.unlink(missing_ok=True)
             raise
         return result
 
-    def _write_outputs(self, case: Case, result: CaseResult, out: Path, properties: dict[str, Any],
-                       save_segmentation: bool, save_maps: bool, save_numpy: bool, save_slices: bool) -> None:
+    def _write_outputs(
+        self,
+        case: Case,
+        result: CaseResult,
+        out: Path,
+        properties: dict[str, Any],
+        save_segmentation: bool,
+        save_maps: bool,
+        save_numpy: bool,
+        save_slices: bool,
+    ) -> None:
         segmentation, maps = result.segmentation, result.maps
         rw = self.predictor.plans_manager.image_reader_writer_class()
         if save_segmentation:
@@ -559,7 +593,9 @@ class NnUNetCAM:
             cam = maps[k]
             if image.shape != cam.shape:  # pragma: no cover - same reader, same geometry
                 raise RuntimeError(f"image {image.shape} and map {cam.shape} differ")
-            written.extend(save_slice_pngs(image, cam, folder, axis=0, prefix=f"class{cls}_slice", overwrite=True))
+            written.extend(
+                save_slice_pngs(image, cam, folder, axis=0, prefix=f"class{cls}_slice", overwrite=True)
+            )
         return written
 
 
@@ -667,7 +703,9 @@ def run_cam_for_prediction(
     return results
 
 
-def _match_masks(cases: list[Case], mask_files: Sequence[str] | dict[str, str] | None, ending: str) -> dict[str, str]:
+def _match_masks(
+    cases: list[Case], mask_files: Sequence[str] | dict[str, str] | None, ending: str
+) -> dict[str, str]:
     if not mask_files:
         return {}
     if isinstance(mask_files, dict):
@@ -675,9 +713,15 @@ def _match_masks(cases: list[Case], mask_files: Sequence[str] | dict[str, str] |
     elif isinstance(mask_files, (str, os.PathLike)) and Path(mask_files).is_dir():
         mapping = {c.identifier: str(Path(mask_files) / f"{c.identifier}{ending}") for c in cases}
     else:
-        files = [str(f) for f in mask_files] if not isinstance(mask_files, (str, os.PathLike)) else [str(mask_files)]
+        files = (
+            [str(f) for f in mask_files]
+            if not isinstance(mask_files, (str, os.PathLike))
+            else [str(mask_files)]
+        )
         if len(files) != len(cases):
-            raise ConfigurationError(f"Got {len(files)} mask files for {len(cases)} cases: give one per case.")
+            raise ConfigurationError(
+                f"Got {len(files)} mask files for {len(cases)} cases: give one per case."
+            )
         mapping = {c.identifier: f for c, f in zip(cases, files)}
     for c in cases:
         f = mapping.get(c.identifier)
@@ -686,7 +730,9 @@ def _match_masks(cases: list[Case], mask_files: Sequence[str] | dict[str, str] |
     return mapping
 
 
-def _match_prev_stage(cases: list[Case], folder: str | os.PathLike[str] | None, ending: str) -> dict[str, str]:
+def _match_prev_stage(
+    cases: list[Case], folder: str | os.PathLike[str] | None, ending: str
+) -> dict[str, str]:
     if folder is None:
         return {}
     mapping = {c.identifier: str(Path(folder) / f"{c.identifier}{ending}") for c in cases}

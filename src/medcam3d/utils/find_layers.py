@@ -123,7 +123,11 @@ def format_layers(infos: Sequence[LayerInfo], mark: Sequence[str] = ()) -> str:
     width = max([len(i.name) for i in infos] + [4])
     lines = [f"  {'name':<{width}}  {'type':<24} output shape"]
     for info in infos:
-        shape = "(not run)" if info.order < 0 else (str(info.output_shape) if info.output_shape else "(not a tensor)")
+        shape = (
+            "(not run)"
+            if info.order < 0
+            else (str(info.output_shape) if info.output_shape else "(not a tensor)")
+        )
         flag = "*" if info.name in mark else " "
         lines.append(f"{flag} {info.name:<{width}}  {info.type:<24} {shape}")
     return "\n".join(lines)
@@ -135,7 +139,9 @@ def find_layer_types_recursive(model: nn.Module, layer_types: Sequence[type]) ->
     return [m for m in model.modules() if isinstance(m, types)]
 
 
-def find_layer_predicate_recursive(model: nn.Module, predicate: Callable[[nn.Module], bool]) -> list[nn.Module]:
+def find_layer_predicate_recursive(
+    model: nn.Module, predicate: Callable[[nn.Module], bool]
+) -> list[nn.Module]:
     """All sub-modules for which ``predicate(module)`` is true."""
     return [m for m in model.modules() if predicate(m)]
 

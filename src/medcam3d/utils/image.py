@@ -29,9 +29,27 @@ __all__ = [
 #: OpenCV's constant for the JET colour map (the default of ``show_cam_on_image``)
 COLORMAP_JET = 2
 _CV2_NAMES = {
-    0: "autumn", 1: "bone", 2: "jet", 3: "winter", 4: "rainbow", 5: "ocean", 6: "summer", 7: "spring",
-    8: "cool", 9: "hsv", 10: "pink", 11: "hot", 12: "viridis", 13: "magma", 14: "inferno", 15: "plasma",
-    16: "viridis", 17: "cividis", 18: "twilight", 19: "twilight_shifted", 20: "turbo",
+    0: "autumn",
+    1: "bone",
+    2: "jet",
+    3: "winter",
+    4: "rainbow",
+    5: "ocean",
+    6: "summer",
+    7: "spring",
+    8: "cool",
+    9: "hsv",
+    10: "pink",
+    11: "hot",
+    12: "viridis",
+    13: "magma",
+    14: "inferno",
+    15: "plasma",
+    16: "viridis",
+    17: "cividis",
+    18: "twilight",
+    19: "twilight_shifted",
+    20: "turbo",
 }
 Colormap = Union[int, str, Callable[[np.ndarray], np.ndarray]]
 
@@ -53,7 +71,9 @@ def apply_colormap(values: np.ndarray, colormap: Colormap = COLORMAP_JET) -> np.
         return np.asarray(colormap(x), dtype=np.float32)[..., :3]
     name = _CV2_NAMES.get(colormap, None) if isinstance(colormap, (int, np.integer)) else colormap
     if name is None:
-        raise ValueError(f"Unknown colormap {colormap!r}: pass an OpenCV constant, a matplotlib name or a callable.")
+        raise ValueError(
+            f"Unknown colormap {colormap!r}: pass an OpenCV constant, a matplotlib name or a callable."
+        )
     if name == "jet":
         return _jet(x).astype(np.float32)
     from medcam3d.errors import require_extra
@@ -112,7 +132,10 @@ def show_cam_on_image(
 def _resize_numpy(maps: np.ndarray, size_in_tensor_order: Sequence[int]) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
     out = F.interpolate(
-        t, size=tuple(size_in_tensor_order), mode=interpolation_mode(len(size_in_tensor_order)), align_corners=False
+        t,
+        size=tuple(size_in_tensor_order),
+        mode=interpolation_mode(len(size_in_tensor_order)),
+        align_corners=False,
     )
     return out[:, 0].numpy()
 
@@ -170,7 +193,9 @@ def preprocess_image(
     elif arr.ndim == 4:
         channels_last = arr
     else:
-        raise InputShapeError(f"preprocess_image expects (H, W, C), (D, H, W) or (D, H, W, C); got {arr.shape}.")
+        raise InputShapeError(
+            f"preprocess_image expects (H, W, C), (D, H, W) or (D, H, W, C); got {arr.shape}."
+        )
     c = channels_last.shape[-1]
     m = np.asarray(mean, dtype=np.float32)[:c] if len(mean) >= c else np.full(c, mean[0], np.float32)
     s = np.asarray(std, dtype=np.float32)[:c] if len(std) >= c else np.full(c, std[0], np.float32)

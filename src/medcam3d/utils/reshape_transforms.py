@@ -27,7 +27,9 @@ __all__ = [
 ]
 
 
-def tokens_to_grid(tokens: torch.Tensor, grid_size: Sequence[int], num_prefix_tokens: int = 0) -> torch.Tensor:
+def tokens_to_grid(
+    tokens: torch.Tensor, grid_size: Sequence[int], num_prefix_tokens: int = 0
+) -> torch.Tensor:
     """``(N, prefix + prod(grid), C)`` tokens → ``(N, C, *grid)``, dropping ``num_prefix_tokens``
     leading tokens (class/register tokens). Works for 2D and 3D grids."""
     grid = tuple(int(g) for g in grid_size)
