@@ -6,15 +6,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import numpy as np
 
-from medcam3d.errors import GeometryError, InputFileError, MultipleSeriesError, require_extra
+from medcam3d.errors import (
+    GeometryError,
+    InputFileError,
+    MultipleSeriesError,
+    NonFiniteInputError,
+    require_extra,
+)
 from medcam3d.io.geometry import Geometry
-
-if TYPE_CHECKING:  # pragma: no cover
-    import SimpleITK
+from medcam3d.io.series_checks import check_series_files, check_slice_positions
 
 __all__ = ["ImageSource", "DicomSeries", "read_image", "read_geometry", "read_sitk", "list_dicom_series"]
 
@@ -84,7 +88,8 @@ def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
     return series
 
 
-def _pick_series(folder: Path, series_uid: str | None) -> DicomSeries:
+def _pick_series(folder: Path, series_uid: str | None) -> tuple[DicomSeries, list[DicomSeries]]:
+    """The chosen series and all series of ``folder``."""
     series = list_dicom_series(folder)
     if not series:
         raise InputFileError(
@@ -94,7 +99,7 @@ def _pick_series(folder: Path, series_uid: str | None) -> DicomSeries:
     if series_uid is not None:
         for s in series:
             if s.uid == series_uid:
-                return s
+                return s, series
         listing = "\n".join(f"  {s}" for s in series)
         raise InputFileError(f"Series {series_uid!r} is not in {folder}. The folder holds:\n{listing}")
     if len(series) > 1:
@@ -104,7 +109,7 @@ def _pick_series(folder: Path, series_uid: str | None) -> DicomSeries:
             f"command line):\n{listing}",
             series=[s.uid for s in series],
         )
-    return series[0]
+    return series[0], series
 
 
 def _check_file(path: Path) -> None:
@@ -114,8 +119,14 @@ def _check_file(path: Path) -> None:
         raise InputFileError(f"Input file {path} is empty.")
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Raise InputFileError for a truncated NIfTI file (ITK's reader silently fills missing voxels with 0)."""
+def _check_nifti_complete(
+    path: Path, label: str | None = None, hint: str = "Copy or export the image again."
+) -> None:
+    """Raise InputFileError for a truncated NIfTI file (ITK's reader silently fills missing voxels with 0).
+
+    ``label`` names the file in the message (default: ``path``); ``hint`` ends the message.
+    """
+    label = label or str(path)
     import gzip
     import struct
 
@@ -128,10 +139,12 @@ def _check_nifti_complete(path: Path) -> None:
         with opener(path, "rb") as stream:
             header = stream.read(540)
     except (OSError, EOFError) as exc:
-        raise InputFileError(f"Could not read {path}: {exc}. The file is corrupt or truncated.") from exc
+        raise InputFileError(
+            f"Could not read {label}: {exc}. The file is corrupt or truncated. {hint}"
+        ) from exc
     if len(header) < 348:
         raise InputFileError(
-            f"{path} is too short to be a NIfTI file ({len(header)} bytes); it is corrupt or truncated."
+            f"{label} is too short to be a NIfTI file ({len(header)} bytes); it is corrupt or truncated. {hint}"
         )
     for endian in "<>":
         sizeof_hdr = struct.unpack(endian + "i", header[:4])[0]
@@ -164,11 +177,12 @@ def _check_nifti_complete(path: Path) -> None:
                 while chunk := stream.read(1 << 22):
                     total += len(chunk)
         except (OSError, EOFError) as exc:
-            raise InputFileError(f"Could not read {path}: {exc}. The file is corrupt or truncated.") from exc
+            raise InputFileError(
+                f"Could not read {label}: {exc}. The file is corrupt or truncated. {hint}"
+            ) from exc
     if total < expected:
         raise InputFileError(
-            f"{path} is truncated: its header describes {expected} bytes but the file holds {total}. "
-            "Copy or export the image again."
+            f"{label} is truncated: its header describes {expected} bytes but the file holds {total}. {hint}"
         )
 
 
@@ -194,16 +208,19 @@ def read_sitk(source: ImageSource, series_uid: str | None = None, information_on
     path = Path(source)
     _check_file(path)
     if path.is_dir():
-        chosen = _pick_series(path, series_uid)
+        chosen, every = _pick_series(path, series_uid)
+        check_series_files(path, chosen.uid, [f for s in every for f in s.files])
         files = list(chosen.files)
         try:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
             image = reader.Execute()
         except RuntimeError as exc:
             raise InputFileError(
                 f"Could not read DICOM series {chosen.uid} in {path}: {_itk_message(exc)}"
             ) from exc
+        check_slice_positions(path, files, reader)
         return image
     try:
         if information_only:
@@ -265,8 +282,65 @@ def _from_nibabel(image: Any) -> tuple[np.ndarray, Geometry]:
     return np.ascontiguousarray(np.transpose(data, (2, 1, 0))), geometry
 
 
+def _is_nifti_path(source: object) -> bool:
+    return isinstance(source, (str, os.PathLike)) and str(source).lower().endswith((".nii", ".nii.gz"))
+
+
+def _nifti_values(path: Path, array: np.ndarray) -> np.ndarray | None:
+    """The voxel values of a float NIfTI file as nibabel reads them, in the (z, y, x) layout of ``array``.
+
+    ITK's NIfTI reader turns NaN and Inf into 0; nibabel keeps them. ``None`` for non-float files.
+    """
+    nib: Any = require_extra("nibabel", "io", "checking NIfTI files for NaN/Inf values")
+    try:
+        image = nib.load(str(path))
+        if image.get_data_dtype().kind not in "fc":
+            return None
+        raw = np.asanyarray(image.dataobj)
+    except Exception as exc:  # noqa: BLE001 - ITK read it, nibabel does not: say so, do not guess
+        raise InputFileError(
+            f"{path} was read by SimpleITK but nibabel cannot read it ({exc}); cannot check it for NaN/Inf. "
+            "The file may be damaged: export it again."
+        ) from exc
+    if raw.size != array.size:  # pragma: no cover - both libraries read the same voxels
+        raise InputFileError(f"{path}: SimpleITK and nibabel read a different number of voxels.")
+    # NIfTI stores x fastest, like the C-order (z, y, x) array of SimpleITK
+    return np.asarray(raw).ravel(order="F").reshape(array.shape)
+
+
+def _refuse_nonfinite(
+    source: ImageSource, array: np.ndarray, allow_nonfinite: bool, dtype: Any
+) -> np.ndarray:
+    """Raise NonFiniteInputError for NaN/Inf voxels (also those ITK hid in a NIfTI), unless allowed."""
+    if array.dtype.kind not in "fc":
+        return array
+    values = _nifti_values(Path(source), array) if _is_nifti_path(source) else None
+    bad = ~np.isfinite(values if values is not None else array)
+    count = int(np.count_nonzero(bad))
+    if not count:
+        return array
+    name = source if isinstance(source, (str, os.PathLike)) else f"The {type(source).__name__} image"
+    if not allow_nonfinite:
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        hidden = " (SimpleITK/ITK would silently read them as 0)" if values is not None else ""
+        raise NonFiniteInputError(
+            f"{name} holds {count} NaN/Inf voxel(s){hidden}, the first at (z, y, x) = {first}. A CAM of altered "
+            "data is misleading: clean the image first, e.g. np.nan_to_num(array, nan=0.0, posinf=0.0, "
+            "neginf=0.0), and save it again, or pass allow_nonfinite=True to read the values as they are."
+        )
+    if dtype is not None and np.dtype(dtype).kind not in "fc":
+        raise NonFiniteInputError(
+            f"{name} holds {count} NaN/Inf voxel(s), which dtype={np.dtype(dtype)} cannot represent; "
+            "choose a float dtype or clean the image first."
+        )
+    if values is not None:
+        array = np.where(bad, values, array).astype(array.dtype, copy=False)
+    logger.warning("%s holds %d NaN/Inf voxel(s); read as they are (allow_nonfinite=True).", name, count)
+    return array
+
+
 def read_image(
-    source: ImageSource, series_uid: str | None = None, dtype: Any = None
+    source: ImageSource, series_uid: str | None = None, dtype: Any = None, *, allow_nonfinite: bool = False
 ) -> tuple[np.ndarray, Geometry]:
     """Read a 3-D medical image into a numpy array plus its :class:`Geometry`.
 
@@ -277,6 +351,8 @@ def read_image(
         series_uid: which series to read when a DICOM folder holds several (see
             :func:`list_dicom_series`); otherwise :class:`~medcam3d.errors.MultipleSeriesError` lists them.
         dtype: convert the array to this numpy dtype (default: keep the file's pixel type).
+        allow_nonfinite: read NaN/Inf voxels as they are (also from NIfTI, where ITK alone would turn
+            them into 0) instead of refusing the image.
 
     Returns:
         ``(array, geometry)``. ``array`` has shape ``(D, H, W)`` and axis order **(z, y, x)** — the
@@ -284,8 +360,10 @@ def read_image(
         back as one slice, ``(1, H, W)``. ``geometry.spacing``/``origin`` are ``(x, y, z)``.
 
     Raises:
-        InputFileError: missing, empty, corrupt or unsupported file; a folder without DICOM series.
+        InputFileError: missing, empty, corrupt, truncated or unsupported file; a folder without
+            DICOM series; a DICOM series with a damaged or missing slice or uneven slice spacing.
         MultipleSeriesError: a DICOM folder with several series and no ``series_uid``.
+        NonFiniteInputError: the image holds NaN or Inf (any format), unless ``allow_nonfinite``.
         GeometryError: a 4-D / multi-channel image.
     """
     sitk = _sitk()
@@ -301,6 +379,7 @@ def read_image(
         geometry = Geometry.from_sitk(image)
         array = sitk.GetArrayFromImage(image)
         array = array.reshape(geometry.shape)
+    array = _refuse_nonfinite(source, array, allow_nonfinite, dtype)
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     logger.debug(
@@ -321,8 +400,3 @@ def read_geometry(source: ImageSource | Geometry, series_uid: str | None = None)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
         return Geometry.from_sitk(read_sitk(source, information_only=True))
     return Geometry.from_sitk(read_sitk(source, series_uid=series_uid))
-
-
-def to_sitk_image(array: np.ndarray, geometry: Geometry) -> SimpleITK.Image:
-    """Shorthand for :meth:`Geometry.to_sitk`: a ``SimpleITK.Image`` from a ``(D, H, W)`` array."""
-    return geometry.to_sitk(array)

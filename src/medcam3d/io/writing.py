@@ -9,10 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from medcam3d._atomic import atomic_path
-from medcam3d.errors import GeometryError, NonFiniteInputError, OutputPathError, require_extra
+from medcam3d._atomic import atomic_path, check_output_file
+from medcam3d.errors import (
+    GeometryError,
+    NonFiniteInputError,
+    OutputPathError,
+    ValueRangeError,
+    require_extra,
+)
 from medcam3d.io.geometry import Geometry
-from medcam3d.io.reading import ImageSource, read_geometry
+from medcam3d.io.reading import ImageSource, _check_nifti_complete, _itk_message, read_geometry
 
 __all__ = ["write_map", "write_image", "as_volume", "WRITABLE_ENDINGS"]
 
@@ -23,16 +29,30 @@ WRITABLE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".nrrd")
 
 
 def as_volume(array: Any, name: str = "cam") -> np.ndarray:
-    """A numpy ``(D, H, W)`` array from a numpy array or torch tensor, dropping leading size-1 axes.
+    """The one place where a map or volume becomes a numpy ``(D, H, W)`` array (z, y, x order kept).
 
-    ``(1, D, H, W)`` and ``(1, 1, D, H, W)`` (a batch of one, as CAM methods return) are accepted.
+    Accepts a numpy array, a torch tensor (any device, with or without ``requires_grad``, a MONAI
+    ``MetaTensor``; ``bfloat16`` becomes ``float32`` since numpy has no such type) or a nested
+    list. Leading size-1 axes are dropped, so ``(1, D, H, W)`` and ``(1, 1, D, H, W)`` (a batch of
+    one, as CAM methods return) are accepted. The axis order is not changed: give ``(z, y, x)``.
+    No copy is made when the input already is a numpy array.
+
+    Raises:
+        GeometryError: the array is not 3-D after dropping leading size-1 axes.
+        ValueRangeError: the values are not numbers (strings, objects).
     """
     if hasattr(array, "detach"):  # torch.Tensor (also MONAI MetaTensor)
-        array = array.detach().cpu()
-        if hasattr(array, "as_tensor"):
-            array = array.as_tensor()
-        array = array.numpy()
+        tensor = array.detach()
+        if hasattr(tensor, "as_tensor"):
+            tensor = tensor.as_tensor()
+        if str(tensor.dtype) == "torch.bfloat16":
+            tensor = tensor.float()
+        array = tensor.cpu().numpy()
     out = np.asarray(array)
+    if out.dtype.kind not in "biuf":
+        raise ValueRangeError(
+            f"{name} must hold numbers (bool, integer or float), got an array of dtype {out.dtype}."
+        )
     while out.ndim > 3 and out.shape[0] == 1:
         out = out[0]
     if out.ndim != 3:
@@ -50,6 +70,39 @@ def _ending(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _verify_image(
+    tmp: Path, expected: np.ndarray, geometry: Geometry, pixel_id: int, ending: str, out: Path
+) -> None:
+    """Re-read the temporary file ``tmp`` and check it holds ``expected`` with ``geometry`` (else raise)."""
+    sitk: Any = require_extra("SimpleITK", "io", "writing medical images")
+    if ending in (".nii", ".nii.gz"):
+        _check_nifti_complete(
+            tmp, label=out.name, hint=""
+        )  # ITK's NIfTI reader would zero-fill a truncated file
+    back = sitk.ReadImage(str(tmp))
+    if back.GetPixelID() != pixel_id or back.GetNumberOfComponentsPerPixel() != 1:
+        raise OutputPathError(
+            f"{out.name} reads back as {back.GetPixelIDTypeAsString()}, not {sitk.GetPixelIDValueAsString(pixel_id)}"
+        )
+    got = Geometry.from_sitk(back)
+    if got.shape != geometry.shape:
+        raise OutputPathError(f"{out.name} reads back with shape {got.shape} instead of {geometry.shape}")
+    array = sitk.GetArrayFromImage(back).reshape(expected.shape)
+    if not np.array_equal(array, expected, equal_nan=expected.dtype.kind in "fc"):
+        differ = int(np.count_nonzero(array != expected))
+        raise OutputPathError(f"{differ} of {expected.size} voxels of {out.name} read back differently")
+    origin_atol = 1e-2  # mm; NIfTI stores the origin as float32
+    if not (
+        np.allclose(got.spacing, geometry.spacing, rtol=1e-4, atol=1e-5)
+        and np.allclose(got.origin, geometry.origin, rtol=1e-6, atol=origin_atol)
+        and np.allclose(got.direction, geometry.direction, atol=1e-3)
+    ):
+        raise OutputPathError(
+            f"{out.name} reads back with a different geometry ({got} instead of {geometry}); the format cannot "
+            "store this geometry, write .mha or .nrrd instead"
+        )
+
+
 def write_image(
     array: Any,
     geometry: Geometry,
@@ -61,8 +114,16 @@ def write_image(
     """Write a ``(D, H, W)`` (z, y, x) array with ``geometry`` to a NIfTI/MHA/NRRD file, atomically.
 
     The format follows the ending of ``out_path`` (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``).
-    Nothing is left at ``out_path`` if writing fails; an existing file is replaced only with
-    ``overwrite=True``.
+    Before the temporary file is renamed onto ``out_path`` it is read back and checked: complete
+    (a truncated NIfTI is detected even though ITK would zero-fill it), same shape, pixel type,
+    voxel values (exactly) and geometry. Nothing is left at ``out_path`` if writing or the check
+    fails; an existing file is replaced only with ``overwrite=True``.
+
+    Raises:
+        GeometryError: the array is not 3-D or its shape differs from ``geometry.shape``.
+        OutputPathError: bad ending, ``out_path`` is a folder or exists without ``overwrite``, the
+            folder is not writable, the disk is full or a file size limit is hit, or the written
+            file does not read back as written.
     """
     sitk: Any = require_extra("SimpleITK", "io", "writing medical images")
     out = Path(out_path)
@@ -72,6 +133,7 @@ def write_image(
             f"Cannot write {out}: use one of the endings {', '.join(WRITABLE_ENDINGS)} (single-file formats; "
             ".mhd/.nhdr keep the voxels in a second file and cannot be written atomically)."
         )
+    check_output_file(out, overwrite)
     volume = as_volume(array, "array")
     if volume.shape != geometry.shape:
         raise GeometryError(
@@ -83,16 +145,21 @@ def write_image(
         volume = volume.astype(dtype, copy=False)
     if volume.dtype == np.bool_:
         volume = volume.astype(np.uint8)
-    image = geometry.to_sitk(np.ascontiguousarray(volume))
-    if out.exists() and not overwrite:
-        raise OutputPathError(
-            f"Output file {out} exists. Pass overwrite=True (or --overwrite) to replace it."
-        )
-    with atomic_path(out, overwrite=overwrite) as tmp:
+    volume = np.ascontiguousarray(volume)
+    image = geometry.to_sitk(volume)
+    pixel_id = image.GetPixelID()
+
+    def verify(tmp: Path) -> None:
+        _verify_image(tmp, volume, geometry, pixel_id, ending, out)
+
+    with atomic_path(out, overwrite=overwrite, verify=verify) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), compress and ending != ".nii")
         except RuntimeError as exc:
-            raise OutputPathError(f"Could not write {out}: {str(exc).strip().splitlines()[-1]}") from exc
+            raise OutputPathError(
+                f"Could not write {out}: {_itk_message(exc)}. Check free disk space and file size limits "
+                "(`df -h`, `ulimit -f`)."
+            ) from exc
     logger.info("Wrote %s %s", out, geometry)
     return out
 
@@ -115,22 +182,22 @@ def write_map(
         overwrite: replace an existing file (default: refuse with :class:`~medcam3d.errors.OutputPathError`).
 
     Returns:
-        ``Path(out_path)``. The file is written to a temporary name in the same folder and renamed,
-        so a reader never sees a half-written map.
+        ``Path(out_path)``. The file is written into a hidden temporary folder beside it, read back
+        and compared with the map (values, shape, type, geometry), then renamed: a reader never sees
+        a half-written or wrong map, and a failed write raises instead of leaving a damaged file.
 
     Raises:
         GeometryError: the map's shape differs from the reference's.
         NonFiniteInputError: the map holds NaN or Inf.
-        OutputPathError: ``out_path`` exists (without ``overwrite``), has an unsupported ending or
-            its folder is not writable.
+        OutputPathError: ``out_path`` is a folder or exists (without ``overwrite``), has an
+            unsupported ending, its folder is not writable, the disk is full / a file size limit
+            is hit, or the written file does not read back as written.
     """
     volume = as_volume(cam, "cam")
     if not np.all(np.isfinite(volume)):
-        raise NonFiniteInputError("The map holds NaN or Inf values; refusing to write it.")
-    out = Path(out_path)
-    if out.exists() and not overwrite:
-        raise OutputPathError(
-            f"Output file {out} exists. Pass overwrite=True (or --overwrite) to replace it."
+        raise NonFiniteInputError(
+            "The map holds NaN or Inf values; refusing to write it. Clean it first, e.g. np.nan_to_num(cam)."
         )
+    out = check_output_file(out_path, overwrite)
     geometry = read_geometry(reference)
     return write_image(volume, geometry, out, overwrite=overwrite, dtype=np.float32)
