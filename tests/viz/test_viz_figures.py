@@ -146,12 +146,12 @@ def test_save_slice_pngs(tmp_path: Path) -> None:
     sagittal = save_slice_pngs(image, cam, tmp_path / "sag", axis=2, prefix="x")
     assert len(sagittal) == 32 and read_png(sagittal[0]).shape == (16, 24, 3)
     # existing files: refused, nothing touched
-    before = paths[3].read_bytes()
+    before = paths[PEAK[0]].read_bytes()
     with pytest.raises(OutputPathError, match="overwrite"):
         save_slice_pngs(image, np.zeros_like(cam), tmp_path / "slices")
-    assert paths[3].read_bytes() == before
-    save_slice_pngs(image, np.zeros_like(cam), tmp_path / "slices", overwrite=True)
-    assert paths[3].read_bytes() != before
+    assert paths[PEAK[0]].read_bytes() == before
+    save_slice_pngs(image, np.zeros_like(cam), tmp_path / "slices", overwrite=True)  # a zero map: image only
+    assert hot(read_png(paths[PEAK[0]])).sum() == 0
     assert sorted(p.name for p in (tmp_path / "slices").iterdir()) == [p.name for p in paths]
 
 
@@ -207,9 +207,7 @@ def test_bad_input(tmp_path: Path) -> None:
 def test_panels_are_shown_in_radiological_orientation(direction: np.ndarray) -> None:
     # A marker at the patient's anterior-right-superior corner lands top-left in every panel:
     # axial (A up, R left), coronal (S up, R left), sagittal (S up, A left), whatever the storage order.
-    from matplotlib.figure import Figure
-
-    from medcam3d.viz.figures import _PLANE, _panel
+    from medcam3d.viz.planes import take_plane
 
     shape = (6, 7, 8)  # (z, y, x)
     d = np.asarray(direction)
@@ -219,11 +217,189 @@ def test_panels_are_shown_in_radiological_orientation(direction: np.ndarray) -> 
     z_s = shape[0] - 1 if d[2, 2] > 0 else 0
     vol = np.zeros(shape, np.float32)
     vol[z_s, y_a, x_r] = 1.0
+    expected_letters = {0: ("R", "L", "A", "P"), 1: ("R", "L", "S", "I"), 2: ("A", "P", "S", "I")}
     for axis, index in ((0, z_s), (1, y_a), (2, x_r)):
-        name, row_axis, col_axis, flip = _PLANE[axis]
-        slab = np.take(vol, index, axis=axis)
-        rgb = np.repeat(slab[..., None], 3, axis=-1)
-        ax = Figure().add_subplot()
-        _panel(ax, rgb, 1.0, row_axis, col_axis, d, flip, name)
-        shown = np.asarray(ax.images[0].get_array())[..., 0]
-        assert shown[0, 0] == 1.0, f"{name}: marker not top-left for direction {d.tolist()}"
+        plane = take_plane(vol, None, None, axis, index, (1.0, 1.0, 1.0), d)
+        assert plane.image[0, 0] == 1.0, f"{plane.name}: marker not top-left for direction {d.tolist()}"
+        assert plane.image.sum() == 1.0
+        assert plane.letters == expected_letters[axis], plane.letters
+
+
+# ------------------------------------------------------------------ ground truth, titles, threshold, comparison
+def two_label_mask() -> np.ndarray:
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3:8, 8:13, 21:28] = 1  # around the peak (5, 10, 24)
+    mask[4:7, 16:20, 4:9] = 2  # elsewhere
+    return mask
+
+
+def contour_extent(collection: object) -> tuple[float, float, float, float]:
+    """(x min, x max, y min, y max) of a contour's vertices in data (pixel) coordinates."""
+    vertices = np.concatenate([p.vertices for p in collection.get_paths()])  # type: ignore[attr-defined]
+    return vertices[:, 0].min(), vertices[:, 0].max(), vertices[:, 1].min(), vertices[:, 1].max()
+
+
+def test_mask_is_drawn_as_contours_with_a_legend(tmp_path: Path) -> None:
+    from matplotlib.colors import to_hex
+    from matplotlib.contour import ContourSet
+
+    from medcam3d.viz import LABEL_COLOURS, build_three_plane_figure
+
+    image, cam = volumes()
+    mask = two_label_mask()
+    fig = build_three_plane_figure(
+        image, cam, voxel=(5, 10, 24), mask=mask, mask_labels={1: "lesion", 2: "cyst"}, crosshair=False
+    )
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["lesion", "cyst"]
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 3
+    contours = [[c for c in ax.collections if isinstance(c, ContourSet)] for ax in panels]
+    # axial z=5 cuts both labels; coronal y=10 and sagittal x=24 only label 1
+    assert [len(c) for c in contours] == [2, 1, 1]
+    colours = [to_hex(c.get_edgecolor()[0]) for c in contours[0]]
+    assert colours == [LABEL_COLOURS[0], LABEL_COLOURS[1]]
+    # the contour runs along the label's voxel edges (half a pixel outside the voxel centres)
+    # axial: shown as stored (rows y, columns x); label 1 covers y 8..12, x 21..27
+    np.testing.assert_allclose(contour_extent(contours[0][0]), (20.5, 27.5, 7.5, 12.5), atol=1e-6)
+    np.testing.assert_allclose(contour_extent(contours[0][1]), (3.5, 8.5, 15.5, 19.5), atol=1e-6)
+    # coronal: rows z shown superior-up (row = 15 - z), columns x; label 1 covers z 3..7
+    np.testing.assert_allclose(contour_extent(contours[1][0]), (20.5, 27.5, 15 - 7.5, 15 - 2.5), atol=1e-6)
+    # sagittal: rows z (superior up), columns y (anterior left); label 1 covers y 8..12
+    np.testing.assert_allclose(contour_extent(contours[2][0]), (7.5, 12.5, 15 - 7.5, 15 - 2.5), atol=1e-6)
+    # the image limits are untouched by the contours
+    assert panels[0].get_xlim() == (-0.5, SHAPE[2] - 0.5) and panels[0].get_ylim() == (SHAPE[1] - 0.5, -0.5)
+
+    # in the written file the contour colours appear in the axial panel
+    out = three_plane_figure(
+        image, cam, tmp_path / "gt.png", mask=mask, dpi=120, colorbar=False, voxel=(5, 10, 24)
+    )
+    rgb = read_png(out)
+    lime = (rgb[..., 1] > 0.8) & (rgb[..., 0] < 0.4) & (rgb[..., 2] < 0.4)
+    magenta = (rgb[..., 0] > 0.8) & (rgb[..., 2] > 0.8) & (rgb[..., 1] < 0.4)
+    third = round((12 - 0.9) / 3 * 120)  # panel width: the legend takes 0.9 inch on the right
+    assert lime[:, :third].sum() > 20 and magenta[:, :third].sum() > 20
+    assert magenta[:, third : 3 * third].sum() == 0  # label 2 is not in the coronal and sagittal planes
+    assert magenta[:, 3 * third :].sum() > 5  # its legend entry
+
+
+def test_montage_and_mip_outline_the_mask() -> None:
+    from matplotlib.contour import ContourSet
+
+    from medcam3d.viz import build_mip_figure, build_montage_figure
+
+    image, cam = volumes()
+    mask = two_label_mask()
+    fig = build_montage_figure(image, cam, slices=[1, 5], ncols=2, mask=mask, mask_labels={1: "a", 2: "b"})
+    per_panel = [sum(isinstance(c, ContourSet) for c in ax.collections) for ax in fig.axes if ax.images]
+    assert per_panel == [0, 2]  # slice 1 misses both labels, slice 5 cuts both
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b"]
+    mip = build_mip_figure(image, cam, mask=mask > 0)
+    per_panel = [sum(isinstance(c, ContourSet) for c in ax.collections) for ax in mip.axes if ax.images]
+    assert per_panel == [1, 1, 1]
+    assert [t.get_text() for t in mip.legends[0].get_texts()] == ["mask"]
+
+
+def test_panel_titles_give_voxel_and_world_position() -> None:
+    from medcam3d.io import Geometry
+    from medcam3d.viz import build_montage_figure, build_three_plane_figure
+
+    image, cam = volumes()
+    geometry = Geometry(shape=SHAPE, spacing=(0.5, 0.75, 2.0), origin=(-10.0, 20.0, -30.0))  # (x, y, z)
+    fig = build_three_plane_figure(image, cam, geometry=geometry, voxel=(5, 10, 24))
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    # identity direction: x -> L, y -> P, z -> S; world = origin + spacing * index (x, y, z)
+    x_mm, y_mm, z_mm = -10.0 + 0.5 * 24, 20.0 + 0.75 * 10, -30.0 + 2.0 * 5
+    assert titles == [
+        f"axial z=5 (I {abs(z_mm):.1f} mm)",
+        f"coronal y=10 (P {y_mm:.1f} mm)",
+        f"sagittal x=24 (L {x_mm:.1f} mm)",
+    ]
+    # without a geometry: voxel indices only; with (array, Geometry) the geometry comes along
+    assert [
+        ax.get_title() for ax in build_three_plane_figure(image, cam, voxel=(5, 10, 24)).axes if ax.images
+    ] == [
+        "axial z=5",
+        "coronal y=10",
+        "sagittal x=24",
+    ]
+    fig = build_three_plane_figure((image, geometry), cam, voxel=(5, 10, 24))
+    assert [ax.get_title() for ax in fig.axes if ax.images][0] == titles[0]
+    flipped = Geometry(shape=SHAPE, spacing=(1.0, 1.0, 1.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    montage_fig = build_montage_figure(image, cam, axis=2, slices=[3], geometry=flipped)
+    texts = [t.get_text() for ax in montage_fig.axes for t in ax.texts]
+    assert "x=3\nR 3.0 mm" in texts  # x grows to the patient's right in this grid
+
+
+def test_default_threshold_is_a_fifth_of_the_map_range(caplog: pytest.LogCaptureFixture) -> None:
+    from medcam3d.viz import DEFAULT_THRESHOLD, build_three_plane_figure
+
+    image, cam = volumes()
+    cam = 0.1 + 0.8 * cam  # range 0.1 .. 0.9
+    fig = build_three_plane_figure(image, cam, voxel=PEAK, cmap="autumn", alpha=1.0, crosshair=False)
+    shown = np.asarray(fig.axes[0].images[0].get_array())  # axial, shown as stored
+    gray = window_image(image)[PEAK[0]]
+    coloured = np.any(np.abs(shown - gray[..., None]) > 1e-6, axis=-1)
+    level = cam.min() + DEFAULT_THRESHOLD * (cam.max() - cam.min())
+    np.testing.assert_array_equal(coloured, cam[PEAK[0]] >= level)
+    assert 0 < coloured.sum() < coloured.size
+    # a constant map colours nothing, and says so
+    with caplog.at_level("WARNING", logger="medcam3d.viz"):
+        flat = build_three_plane_figure(image, np.full(SHAPE, 0.3, np.float32), voxel=PEAK, crosshair=False)
+    np.testing.assert_allclose(
+        np.asarray(flat.axes[0].images[0].get_array())[..., 0], window_image(image)[PEAK[0]]
+    )
+    assert "constant" in caplog.text
+
+
+def test_compare_methods_figure(tmp_path: Path) -> None:
+    from matplotlib.contour import ContourSet
+
+    from medcam3d.viz import build_compare_methods_figure, compare_methods_figure
+
+    image, cam = volumes()
+    z, y, x = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in SHAPE], indexing="ij")
+    other = np.exp(-(((z - PEAK[0]) / 1.5) ** 2 + ((y - 10) / 2.0) ** 2 + ((x - 6) / 2.0) ** 2)).astype(
+        np.float32
+    )
+    mask = two_label_mask()
+    maps = {"gradcam": cam, "layercam": other}
+    out = compare_methods_figure(
+        image, maps, tmp_path / "compare.png", mask=mask == 1, dpi=50, panel_size=2.0, colorbar=False, **STYLE
+    )
+    rgb = read_png(out)
+    # 0.3 inch of row labels + 3 panels of 2 inch (+0.9 for the legend); 2 rows of 2 + 0.3 inch
+    assert rgb.shape[:2] == (round(2 * 2.3 * 50), round((0.3 + 6 + 0.9) * 50))
+    mask_hot = hot(rgb)
+    left, panel = round(0.3 * 50), 100
+    row_height = rgb.shape[0] // 2
+    axial = [mask_hot[r * row_height : (r + 1) * row_height, left : left + panel] for r in range(2)]
+    cols = [np.nonzero(a)[1].mean() / panel for a in axial]
+    # gradcam's blob is at x = 24 of 32 (right of centre), layercam's at x = 6 (left)
+    assert cols[0] > 0.6 and cols[1] < 0.35, cols
+    fig = build_compare_methods_figure(image, maps, mask=mask == 1)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 6
+    assert all(any(isinstance(c, ContourSet) for c in ax.collections) for ax in panels)
+    assert {"gradcam", "layercam"} <= {t.get_text() for t in fig.texts}
+    # the planes pass through the mask (its centre), the same for every row
+    assert [ax.get_title() for ax in panels[:3]] == ["axial z=5", "coronal y=10", "sagittal x=24"]
+    assert [ax.get_title() for ax in panels[3:]] == ["", "", ""]
+    with pytest.raises(ConfigurationError, match="empty"):
+        build_compare_methods_figure(image, {})
+
+
+def test_map_on_another_grid_is_refused_and_no_overlap_is_named(tmp_path: Path) -> None:
+    from medcam3d.errors import GeometryError
+    from medcam3d.io import Geometry
+
+    image, cam = volumes()
+    grid = Geometry(shape=SHAPE)
+    far = Geometry(shape=SHAPE, origin=(500.0, 0.0, 0.0))
+    with pytest.raises(GeometryError, match="does not overlap"):
+        three_plane_figure((image, grid), (cam, far), tmp_path / "far.png")
+    shifted = Geometry(shape=SHAPE, origin=(5.0, 0.0, 0.0))
+    with pytest.raises(InputShapeError, match="map_to_original"):
+        three_plane_figure((image, grid), (cam, shifted), tmp_path / "shifted.png")
+    with pytest.raises(GeometryError, match="does not overlap"):
+        three_plane_figure((image, grid), cam, tmp_path / "mask.png", mask=(cam > 0.5, far))
+    assert list(tmp_path.iterdir()) == []

@@ -1,30 +1,57 @@
 """Paper-ready figures of a map over a grayscale volume (extra ``medcam3d[viz]``: matplotlib).
 
 All volumes are numpy arrays ``(D, H, W)`` in **(z, y, x)** order — the order of
-:func:`medcam3d.io.read_image`. Maps are expected in ``[0, 1]`` (CAM methods normalise them);
-values outside are clipped, never wrapped. The output format follows the file ending:
-``.png`` (at ``dpi``), ``.pdf``, ``.svg`` (vector; the image panels stay raster) or ``.jpg``.
-Figures are built on :class:`matplotlib.figure.Figure` directly, so no pyplot state or GUI backend
-is touched, and written atomically.
+:func:`medcam3d.io.read_image` — or ``(array, Geometry)`` pairs. Maps are expected in ``[0, 1]``
+(CAM methods normalise them); values outside are clipped, never wrapped. A ground-truth ``mask``
+(boolean mask or integer label map, same shape) is drawn as contours, one colour per label, with
+a legend. The default threshold colours voxels at or above 0.2 of the map's range
+(:data:`medcam3d.viz.overlay.DEFAULT_THRESHOLD`, the same as the HTML viewer).
+
+The output format follows the file ending: ``.png`` (at ``dpi``), ``.pdf``, ``.svg`` (vector; the
+image panels stay raster) or ``.jpg``. Each figure has a ``build_*`` twin that returns the
+:class:`matplotlib.figure.Figure` instead of writing it. Figures are built on
+:class:`matplotlib.figure.Figure` directly, so no pyplot state or GUI backend is touched, and
+written atomically.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-from medcam3d._atomic import atomic_path, check_writable_dir
-from medcam3d.errors import ConfigurationError, InputShapeError, OutputPathError, require_extra
+from medcam3d.errors import ConfigurationError, GeometryError, InputShapeError, OutputPathError, require_extra
+from medcam3d.io.geometry import Geometry
+from medcam3d.viz._output import (
+    describe_extent,
+    overlaps,
+    refuse_existing,
+    volume_and_geometry,
+    write_atomically,
+)
+from medcam3d.viz.overlay import DEFAULT_THRESHOLD, Label, mask_labels, overlay, resolve_threshold
+from medcam3d.viz.planes import (
+    PLANE_NAMES,
+    add_colorbar,
+    add_legend,
+    draw_plane,
+    orientation_labels,
+    take_plane,
+    world_position,
+)
+from medcam3d.viz.windowing import CT_WINDOWS, MRI_PERCENTILES, Window, window_image, window_limits
 
 __all__ = [
     "CT_WINDOWS",
     "MRI_PERCENTILES",
+    "DEFAULT_THRESHOLD",
     "Window",
     "window_image",
     "window_limits",
@@ -32,8 +59,12 @@ __all__ = [
     "orientation_labels",
     "build_three_plane_figure",
     "three_plane_figure",
+    "build_montage_figure",
     "montage",
+    "build_mip_figure",
     "mip_figure",
+    "build_compare_methods_figure",
+    "compare_methods_figure",
     "save_slice_pngs",
     "colorbar_figure",
     "FIGURE_ENDINGS",
@@ -41,184 +72,34 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: CT display windows in Hounsfield units as ``(level, width)``.
-CT_WINDOWS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "subdural": (75.0, 215.0),
-    "stroke": (40.0, 40.0),
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "soft_tissue": (50.0, 400.0),
-    "abdomen": (40.0, 400.0),
-    "liver": (60.0, 160.0),
-    "bone": (400.0, 1800.0),
-}
-
-#: Default intensity percentiles for MRI (and any image without a preset): ``(low, high)``.
-MRI_PERCENTILES: tuple[float, float] = (1.0, 99.0)
-
-#: A window: ``None``/``"mri"``/``"auto"`` (percentiles), a :data:`CT_WINDOWS` name,
-#: ``(low, high)`` intensities, or ``("percentile", low, high)``.
-Window = Union[None, str, tuple[float, float], tuple[str, float, float]]
-
 FIGURE_ENDINGS: tuple[str, ...] = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+_MAGIC = {"png": b"\x89PNG", "pdf": b"%PDF", "jpeg": b"\xff\xd8", "svg": b"<?xml"}
 
 
-# ---------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------------- inputs
 def _matplotlib() -> Any:
     return require_extra("matplotlib", "viz", "drawing figures")
 
 
-def _volume(array: Any, name: str) -> np.ndarray:
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    out = np.asarray(array)
-    while out.ndim > 3 and out.shape[0] == 1:
-        out = out[0]
-    if out.ndim != 3:
-        raise InputShapeError(
-            f"{name} must be a volume (D, H, W) in (z, y, x) order, got shape {np.shape(array)}."
-        )
-    return out
+@dataclass
+class _Scene:
+    """What every figure draws: the image, its maps and ground truth on one grid, and how to orient them."""
 
+    image: np.ndarray  # (D, H, W) float32, raw intensities
+    maps: list[np.ndarray]  # (D, H, W) float32 in [0, 1]
+    mask: np.ndarray | None  # (D, H, W) integer labels
+    labels: list[Label]
+    spacing: tuple[float, float, float]  # (z, y, x)
+    direction: np.ndarray
+    geometry: Geometry | None
 
-def _pair(image: Any, cam: Any) -> tuple[np.ndarray, np.ndarray]:
-    img = _volume(image, "image").astype(np.float32, copy=False)
-    heat = _volume(cam, "cam").astype(np.float32, copy=False)
-    if img.shape != heat.shape:
-        raise InputShapeError(
-            f"image {img.shape} and cam {heat.shape} must have the same shape (z, y, x); bring the map onto the "
-            "image grid first (medcam3d.io.map_to_original)."
-        )
-    return img, np.nan_to_num(heat, nan=0.0, posinf=1.0, neginf=0.0)
+    def gray(self, window: Window) -> np.ndarray:
+        return window_image(self.image, window)
 
-
-def window_limits(image: np.ndarray, window: Window = None) -> tuple[float, float]:
-    """Intensity limits ``(low, high)`` that :func:`window_image` maps to black and white."""
-    if window is None or (isinstance(window, str) and window.lower() in ("mri", "auto", "percentile")):
-        window = ("percentile", *MRI_PERCENTILES)
-    if isinstance(window, str):
-        key = window.lower().replace("-", "_").replace(" ", "_")
-        if key not in CT_WINDOWS:
-            raise ConfigurationError(
-                f"Unknown window {window!r}; use one of {sorted(CT_WINDOWS)} (CT), 'mri' (percentiles) or (low, high)."
-            )
-        level, width = CT_WINDOWS[key]
-        return level - width / 2.0, level + width / 2.0
-    values = tuple(window)
-    if len(values) == 3 and values[0] == "percentile":
-        finite = image[np.isfinite(image)]
-        if finite.size == 0:
-            return 0.0, 1.0
-        low, high = np.percentile(finite, [float(values[1]), float(values[2])])  # type: ignore[arg-type]
-        return float(low), float(high)
-    if len(values) == 2:
-        low, high = float(values[0]), float(values[1])  # type: ignore[arg-type]
-        if not high > low:
-            raise ConfigurationError(f"A window (low, high) needs high > low, got {window!r}.")
-        return low, high
-    raise ConfigurationError(f"Cannot understand window {window!r}.")
-
-
-def window_image(image: Any, window: Window = None) -> np.ndarray:
-    """Map intensities to ``[0, 1]`` for display (any shape; float32 out).
-
-    Args:
-        image: the grayscale image (any shape, typically ``(D, H, W)`` z, y, x).
-        window: ``None``/``"mri"``: the 1st-99th intensity percentiles of the whole image
-            (:data:`MRI_PERCENTILES`); a CT preset name from :data:`CT_WINDOWS` (``"brain"``,
-            ``"lung"``, ``"abdomen"``, ``"bone"``, ...; level/width in HU); ``(low, high)`` explicit
-            limits; or ``("percentile", 0.5, 99.5)``.
-    """
-    array = np.asarray(image, dtype=np.float32)
-    low, high = window_limits(array, window)
-    if high <= low:
-        return np.zeros_like(array)
-    return np.clip((np.nan_to_num(array, nan=low) - low) / (high - low), 0.0, 1.0).astype(np.float32)
-
-
-def _colormap(cmap: Any) -> Any:
-    mpl = _matplotlib()
-    import matplotlib.colors
-
-    if isinstance(cmap, matplotlib.colors.Colormap):
-        return cmap
-    try:
-        return mpl.colormaps[cmap]
-    except KeyError as exc:
-        raise ConfigurationError(f"Unknown matplotlib colormap {cmap!r}.") from exc
-
-
-def overlay(
-    image: Any,
-    cam: Any,
-    window: Window = None,
-    cmap: Any = "jet",
-    alpha: float = 0.5,
-    threshold: float = 0.0,
-) -> np.ndarray:
-    """Blend a map over a grayscale image: an RGB float array in ``[0, 1]``, shape ``image.shape + (3,)``.
-
-    Args:
-        image: grayscale image of any shape (a slice ``(H, W)`` or a volume ``(D, H, W)``).
-        cam: map of the same shape; clipped to ``[0, 1]`` (never rescaled or wrapped).
-        window: see :func:`window_image`; pass ``(0, 1)`` for an image already windowed.
-        cmap: matplotlib colormap name or object.
-        alpha: opacity of the map where it is shown (0 = invisible, 1 = opaque).
-        threshold: voxels with ``cam < threshold`` show the image only.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigurationError(f"alpha must be within [0, 1], got {alpha}.")
-    gray = window_image(image, window)
-    heat = np.clip(np.nan_to_num(np.asarray(cam, dtype=np.float32)), 0.0, 1.0)
-    if heat.shape != gray.shape:
-        raise InputShapeError(f"image {gray.shape} and cam {heat.shape} must have the same shape.")
-    colours = np.asarray(_colormap(cmap)(heat), dtype=np.float32)[..., :3]
-    weight = np.where(heat >= threshold, np.float32(alpha), np.float32(0.0))[..., None]
-    out: np.ndarray = (1.0 - weight) * gray[..., None] + weight * colours
-    return np.clip(out, 0.0, 1.0)
-
-
-_LPS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))  # (negative, positive) world direction, LPS
-
-
-def orientation_labels(direction: Any, axis_zyx: int) -> tuple[str, str]:
-    """Patient-side letters ``(low end, high end)`` of array axis ``axis_zyx`` (0 = z, 1 = y, 2 = x).
-
-    ``direction`` is the ITK/LPS direction matrix of :class:`medcam3d.io.Geometry`; identity
-    means x grows to the patient's Left, y to Posterior, z to Superior. Oblique axes get the
-    letter of their dominant component.
-    """
-    d = np.asarray(direction, dtype=float).reshape(3, 3)
-    column = d[:, 2 - axis_zyx]
-    world = int(np.argmax(np.abs(column)))
-    negative, positive = _LPS_LETTERS[world]
-    return (negative, positive) if column[world] > 0 else (positive, negative)
-
-
-def _check_out(out_path: str | os.PathLike[str], overwrite: bool) -> Path:
-    out = Path(out_path)
-    if out.suffix.lower() not in FIGURE_ENDINGS:
-        raise OutputPathError(f"Cannot write a figure to {out}: use one of {', '.join(FIGURE_ENDINGS)}.")
-    if out.exists() and not overwrite:
-        raise OutputPathError(
-            f"Output file {out} exists. Pass overwrite=True (or --overwrite) to replace it."
-        )
-    return out
-
-
-def _save(fig: Any, out: Path, dpi: float, overwrite: bool) -> Path:
-    fmt = out.suffix.lower().lstrip(".")
-    fmt = "jpeg" if fmt == "jpg" else fmt
-    metadata: dict[str, Any] = {"Software": "medcam3d"} if fmt == "png" else {}
-    if fmt == "svg":
-        metadata = {"Date": None}
-    elif fmt == "pdf":
-        metadata = {"CreationDate": None, "Creator": "medcam3d"}
-    with atomic_path(out, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=fmt, metadata=metadata, facecolor=fig.get_facecolor())
-    logger.info("Wrote %s", out)
-    return out
+    def title(self, axis: int, index: int, voxel: Sequence[int]) -> str:
+        """``"axial z=12 (S 30.0 mm)"``: the slice index, and its world position when the geometry is known."""
+        text = f"{PLANE_NAMES[axis]} {'zyx'[axis]}={index}"
+        return f"{text} ({world_position(self.geometry, voxel, axis)})" if self.geometry is not None else text
 
 
 def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
@@ -230,88 +111,199 @@ def _spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]:
     return values
 
 
+def _on_image_grid(
+    array: np.ndarray, own: Geometry | None, image: np.ndarray, grid: Geometry | None, name: str
+) -> None:
+    """Refuse a volume that is not on the image's voxel grid (figures draw voxel by voxel)."""
+    if own is not None and grid is not None and not own.allclose(grid):
+        if not overlaps(own, grid):
+            raise GeometryError(
+                f"The {name} does not overlap the image in world space (the {name} spans {describe_extent(own)}, "
+                f"the image {describe_extent(grid)}): nothing of it could be shown. Check the {name}'s geometry "
+                "(origin, direction) or bring it onto the image grid with medcam3d.io.map_to_original."
+            )
+        raise InputShapeError(
+            f"The {name} lies on another voxel grid than the image ({own} vs {grid}); bring it onto the image "
+            "grid first (medcam3d.io.map_to_original or medcam3d.io.resample_to_reference)."
+        )
+    if array.shape != image.shape:
+        raise InputShapeError(
+            f"image {image.shape} and {name} {array.shape} must have the same shape (z, y, x); bring the {name} "
+            "onto the image grid first (medcam3d.io.map_to_original)."
+        )
+
+
+def _scene(
+    image: Any,
+    cams: Sequence[Any],
+    *,
+    mask: Any = None,
+    mask_names: Mapping[int, str] | None = None,
+    spacing: Sequence[float] | None = None,
+    direction: Any = None,
+    geometry: Geometry | None = None,
+    cam_names: Sequence[str] | None = None,
+) -> _Scene:
+    img, image_geometry = volume_and_geometry(image, "image")
+    geometry = geometry if geometry is not None else image_geometry
+    if geometry is not None and geometry.shape != img.shape:
+        raise GeometryError(f"geometry {geometry.shape} does not match the image {img.shape} (z, y, x).")
+    maps = []
+    for n, cam in enumerate(cams):
+        name = f"map {cam_names[n]!r}" if cam_names else "cam"
+        heat, own = volume_and_geometry(cam, name)
+        _on_image_grid(heat, own, img, geometry, name)
+        heat = np.nan_to_num(heat.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=0.0)
+        maps.append(np.clip(heat, 0.0, 1.0))
+    labels: list[Label] = []
+    label_map = None
+    if mask is not None:
+        label_map, own = volume_and_geometry(mask, "mask")
+        _on_image_grid(label_map, own, img, geometry, "mask")
+        labels = mask_labels(label_map, mask_names)
+        label_map = label_map.astype(np.int32)
+        if not labels:
+            logger.warning("The mask is empty (all zero): no ground-truth contour is drawn.")
+    if direction is None:
+        direction = geometry.direction if geometry is not None else np.eye(3)
+    return _Scene(
+        image=img.astype(np.float32, copy=False),
+        maps=maps,
+        mask=label_map,
+        labels=labels,
+        spacing=_spacing(spacing if spacing is not None or geometry is None else geometry.spacing_zyx),
+        direction=np.asarray(direction, dtype=float),
+        geometry=geometry,
+    )
+
+
 def _peak(cam: np.ndarray) -> tuple[int, int, int]:
     if not np.any(np.isfinite(cam)):
         return tuple(s // 2 for s in cam.shape)
     return tuple(int(i) for i in np.unravel_index(int(np.nanargmax(cam)), cam.shape))  # type: ignore[return-value]
 
 
-_TOP_LETTERS = ("A", "S")  # anterior up in axial views, superior up in coronal and sagittal views
-_LEFT_LETTERS = ("R", "A")  # radiological: patient's right on the viewer's left; anterior left in sagittal
+def _mask_centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """The mask voxel nearest the mask's centre of mass (inside the mask, so planes cut through it)."""
+    points = np.argwhere(mask)
+    centre = points.mean(axis=0)
+    return tuple(int(v) for v in points[np.argmin(((points - centre) ** 2).sum(axis=1))])  # type: ignore[return-value]
 
 
-def _panel(
-    ax: Any,
-    rgb: np.ndarray,
-    aspect: float,
-    row_axis: int,
-    col_axis: int,
-    direction: Any,
-    flip_rows: bool,
-    title: str,
-    cross: tuple[float, float] | None = None,
-) -> None:
-    """Draw one slice (rows = array axis ``row_axis``, columns = ``col_axis``) with orientation labels.
+def _voxel(
+    voxel: Sequence[int] | None, default: tuple[int, int, int], shape: tuple[int, ...]
+) -> tuple[int, int, int]:
+    if voxel is None:
+        return default
+    z, y, x = (int(v) for v in voxel)
+    if not all(0 <= v < s for v, s in zip((z, y, x), shape)):
+        raise ConfigurationError(f"voxel {tuple(voxel)} is outside the volume of shape {shape} (z, y, x).")
+    return z, y, x
 
-    With a direction matrix the slice is shown the way radiology viewers show it, whatever the
-    array order on disk: anterior (axial) or superior (coronal, sagittal) at the top, the patient's
-    right on the viewer's left (axial, coronal) and anterior on the left (sagittal). Without one,
-    the array is shown as stored (``flip_rows`` puts its first row at the bottom).
+
+# ---------------------------------------------------------------------------------------- the frame
+_SIDE = 0.9  # inches right of the panels for the colorbar (and the legend)
+_HEAD = 0.4  # inches above the panels for the figure title
+_PANEL_TITLE = 0.3  # inches above each panel row for the panel titles
+
+
+def _frame(
+    nrows: int,
+    ncols: int,
+    *,
+    panel: tuple[float, float] | None = None,
+    figsize: tuple[float, float] | None = None,
+    title: str | None,
+    colorbar: bool,
+    legend: Sequence[Label] = (),
+    cmap: Any = "jet",
+    colorbar_label: str = "CAM",
+    panel_titles: bool = False,
+    left: float = 0.0,
+) -> tuple[Any, list[list[Any]]]:
+    """The figure every builder draws on: a grid of panels, the title, the colorbar and the legend.
+
+    Give either ``panel`` (inches per panel; the figure size follows) or ``figsize`` (the panels
+    share what is left). ``left`` reserves inches on the left (row labels).
     """
-    rows, cols = rgb.shape[:2]
-    labels = None
-    if direction is not None:
-        low, high = orientation_labels(direction, row_axis)
-        left, right = orientation_labels(direction, col_axis)
-        flip_rows = high in _TOP_LETTERS and low not in _TOP_LETTERS
-        flip_cols = right in _LEFT_LETTERS and left not in _LEFT_LETTERS
-        top, bottom = (high, low) if flip_rows else (low, high)
-        if flip_cols:
-            left, right = right, left
-        labels = (left, right, top, bottom)
+    from matplotlib.figure import Figure
+
+    side = _SIDE if colorbar or legend else 0.0
+    head = _HEAD if title else 0.0
+    row_title = _PANEL_TITLE if panel_titles else 0.0
+    if figsize is not None:
+        width, height = figsize
+        pw, ph = (width - left - side) / ncols, (height - head) / nrows - row_title
     else:
-        flip_cols = False
-    shown = rgb[::-1] if flip_rows else rgb
-    shown = shown[:, ::-1] if flip_cols else shown
-    ax.imshow(shown, aspect=aspect, origin="upper", interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.set_title(title, fontsize=9)
-    if labels is not None:
-        left, right, top, bottom = labels
-        style = {"color": "white", "fontsize": 8, "fontweight": "bold", "transform": ax.transAxes}
-        ax.text(0.02, 0.5, left, ha="left", va="center", **style)
-        ax.text(0.98, 0.5, right, ha="right", va="center", **style)
-        ax.text(0.5, 0.98, top, ha="center", va="top", **style)
-        ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
-    if cross is not None:
-        row, col = cross
-        row = rows - 1 - row if flip_rows else row
-        col = cols - 1 - col if flip_cols else col
-        ax.axhline(row, color="#00ff00", linewidth=0.5, alpha=0.6)
-        ax.axvline(col, color="#00ff00", linewidth=0.5, alpha=0.6)
+        assert panel is not None
+        pw, ph = panel
+        width, height = left + ncols * pw + side, head + nrows * (ph + row_title)
+    if pw <= 0 or ph <= 0:
+        raise ConfigurationError(f"figsize {figsize} leaves no room for {nrows} x {ncols} panels.")
+    fig = Figure(figsize=(width, height))
+    fig.patch.set_facecolor("white")
+    axes = [
+        [
+            fig.add_axes(
+                (
+                    (left + c * pw) / width,
+                    1 - (head + (r + 1) * (ph + row_title)) / height,
+                    pw / width,
+                    ph / height,
+                )
+            )
+            for c in range(ncols)
+        ]
+        for r in range(nrows)
+    ]
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 0.1 / height)
+    bar_bottom = 0.15 if not legend else 0.5
+    if colorbar:
+        add_colorbar(
+            fig,
+            ((width - side + 0.12) / width, bar_bottom, 0.12 / width, 0.85 - bar_bottom),
+            cmap,
+            colorbar_label,
+        )
+    if legend:
+        add_legend(fig, legend, (1.0, 0.0))
+    return fig, axes
 
 
-def _colorbar(fig: Any, rect: Sequence[float], cmap: Any, label: str, orientation: str = "vertical") -> None:
-    import matplotlib.cm
-    import matplotlib.colors
-
-    cax = fig.add_axes(rect)
-    mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=_colormap(cmap))
-    bar = fig.colorbar(mappable, cax=cax, orientation=orientation)
-    bar.set_label(label, fontsize=8)
-    bar.ax.tick_params(labelsize=7)
+def _figure_path(out_path: str | os.PathLike[str], overwrite: bool) -> Path:
+    out = Path(out_path)
+    if out.suffix.lower() not in FIGURE_ENDINGS:
+        raise OutputPathError(f"Cannot write a figure to {out}: use one of {', '.join(FIGURE_ENDINGS)}.")
+    return refuse_existing(out, overwrite)
 
 
-def _direction(direction: Any, geometry: Any) -> Any:
-    if geometry is not None and direction is None:
-        return geometry.direction
-    return direction if direction is not None else np.eye(3)
+def _save(fig: Any, out: Path, dpi: float, overwrite: bool) -> Path:
+    fmt = out.suffix.lower().lstrip(".")
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    metadata: dict[str, Any] = {"Software": "medcam3d"} if fmt == "png" else {}
+    if fmt == "svg":
+        metadata = {"Date": None}
+    elif fmt == "pdf":
+        metadata = {"CreationDate": None, "Creator": "medcam3d"}
+    elif fmt == "jpeg":
+        metadata = {}
+
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=dpi, format=fmt, metadata=metadata or None, facecolor=fig.get_facecolor())
+
+    def check(tmp: Path) -> None:  # what was written is a whole file of the right kind
+        with open(tmp, "rb") as handle:
+            head = handle.read(8)
+        if not head.startswith(_MAGIC[fmt]):
+            raise OutputPathError(f"Writing {out} produced an incomplete file; check the disk and try again.")
+
+    write_atomically(out, overwrite, write, check)
+    logger.info("Wrote %s", out)
+    return out
 
 
-# ---------------------------------------------------------------------------------------- figures
+# ---------------------------------------------------------------------------------------- three planes
 def build_three_plane_figure(
     image: Any,
     cam: Any,
@@ -322,9 +314,11 @@ def build_three_plane_figure(
     alpha: float = 0.5,
     title: str | None = None,
     *,
-    threshold: float = 0.0,
+    threshold: float | None = None,
     direction: Any = None,
-    geometry: Any = None,
+    geometry: Geometry | None = None,
+    mask: Any = None,
+    mask_labels: Mapping[int, str] | None = None,
     colorbar: bool = True,
     crosshair: bool = True,
     figsize: tuple[float, float] = (12.0, 4.4),
@@ -332,69 +326,43 @@ def build_three_plane_figure(
 ) -> Any:
     """The :func:`three_plane_figure` as a :class:`matplotlib.figure.Figure` (not saved), e.g. for notebooks."""
     _matplotlib()
-    from matplotlib.figure import Figure
-
-    img, heat = _pair(image, cam)
-    if geometry is not None and spacing is None:
-        spacing = geometry.spacing_zyx
-    sz, sy, sx = _spacing(spacing)
-    direction = _direction(direction, geometry)
-    if voxel is None:
-        voxel = _peak(heat)
-    z, y, x = (int(v) for v in voxel)
-    if not all(0 <= v < s for v, s in zip((z, y, x), img.shape)):
-        raise ConfigurationError(
-            f"voxel {tuple(voxel)} is outside the volume of shape {img.shape} (z, y, x)."
+    scene = _scene(
+        image,
+        [cam],
+        mask=mask,
+        mask_names=mask_labels,
+        spacing=spacing,
+        direction=direction,
+        geometry=geometry,
+    )
+    heat = scene.maps[0]
+    point = _voxel(voxel, _peak(heat), scene.image.shape)
+    level = resolve_threshold(heat, threshold)
+    gray = scene.gray(window)
+    fig, axes = _frame(
+        1,
+        3,
+        figsize=figsize,
+        title=title,
+        colorbar=colorbar,
+        legend=scene.labels,
+        cmap=cmap,
+        colorbar_label=colorbar_label,
+        panel_titles=True,
+    )
+    for axis in range(3):
+        plane = take_plane(
+            gray,
+            heat,
+            scene.mask,
+            axis,
+            point[axis],
+            scene.spacing,
+            scene.direction,
+            scene.title(axis, point[axis], point),
+            point if crosshair else None,
         )
-    gray = window_image(img, window)
-    fig = Figure(figsize=figsize)
-    fig.patch.set_facecolor("white")
-    right = 0.9 if colorbar else 0.99
-    top = 0.86 if title else 0.92
-    axes = fig.subplots(
-        1, 3, gridspec_kw={"left": 0.01, "right": right, "bottom": 0.02, "top": top, "wspace": 0.04}
-    )
-    blend = {"window": (0.0, 1.0), "cmap": cmap, "alpha": alpha, "threshold": threshold}
-    # axial: fixed z, rows y, columns x
-    _panel(
-        axes[0],
-        overlay(gray[z], heat[z], **blend),
-        sy / sx,
-        1,
-        2,
-        direction,
-        False,
-        f"axial z={z}",
-        (y, x) if crosshair else None,
-    )
-    # coronal: fixed y, rows z (shown bottom-up), columns x
-    _panel(
-        axes[1],
-        overlay(gray[:, y, :], heat[:, y, :], **blend),
-        sz / sx,
-        0,
-        2,
-        direction,
-        True,
-        f"coronal y={y}",
-        (z, x) if crosshair else None,
-    )
-    # sagittal: fixed x, rows z (bottom-up), columns y
-    _panel(
-        axes[2],
-        overlay(gray[:, :, x], heat[:, :, x], **blend),
-        sz / sy,
-        0,
-        1,
-        direction,
-        True,
-        f"sagittal x={x}",
-        (z, y) if crosshair else None,
-    )
-    if title:
-        fig.suptitle(title, fontsize=11)
-    if colorbar:
-        _colorbar(fig, (0.925, 0.12, 0.015, 0.7), cmap, colorbar_label)
+        draw_plane(axes[0][axis], plane, cmap=cmap, alpha=alpha, threshold=level, labels=scene.labels)
     return fig
 
 
@@ -410,9 +378,11 @@ def three_plane_figure(
     title: str | None = None,
     dpi: float = 150,
     *,
-    threshold: float = 0.0,
+    threshold: float | None = None,
     direction: Any = None,
-    geometry: Any = None,
+    geometry: Geometry | None = None,
+    mask: Any = None,
+    mask_labels: Mapping[int, str] | None = None,
     colorbar: bool = True,
     crosshair: bool = True,
     figsize: tuple[float, float] = (12.0, 4.4),
@@ -421,25 +391,31 @@ def three_plane_figure(
     """Axial, coronal and sagittal slices through one voxel, the map overlaid, in one figure file.
 
     Args:
-        image: grayscale volume ``(D, H, W)`` in (z, y, x) order.
+        image: grayscale volume ``(D, H, W)`` in (z, y, x) order, or an ``(array, Geometry)`` pair.
         cam: map of the same shape, values in ``[0, 1]`` (clipped).
         out_path: ``.png`` (raster at ``dpi``), ``.pdf``, ``.svg`` or ``.jpg``.
         spacing: voxel size in **(z, y, x)** order (``geometry.spacing_zyx``), for the aspect ratio.
         voxel: ``(z, y, x)`` index the planes pass through; default the map's peak.
         window: see :func:`window_image` (CT preset name, ``"mri"``, ``(low, high)``).
-        cmap, alpha, threshold: see :func:`overlay`.
+        cmap, alpha: see :func:`overlay`.
+        threshold: map values below it show the image only; default (``None``) 0.2 of the map's
+            range above its minimum (:data:`DEFAULT_THRESHOLD`); a number is an absolute map value.
         title: figure title.
         dpi: PNG resolution; the PNG is ``figsize * dpi`` pixels.
         direction: ITK/LPS direction matrix for the orientation letters (default identity: axial
             panel with patient Right on the image's left, Anterior at the top — radiological view).
-        geometry: a :class:`medcam3d.io.Geometry`; supplies spacing and direction when those are omitted.
+        geometry: a :class:`medcam3d.io.Geometry`; supplies spacing and direction when those are
+            omitted, and the panel titles then give each plane's world position in mm.
+        mask: ground truth ``(D, H, W)``: boolean mask or integer label map (0 = background), drawn
+            as a contour per label with a legend.
+        mask_labels: ``{label: name}`` for the legend (default ``"mask"`` or ``"label k"``).
         colorbar, crosshair: draw a colorbar / lines through ``voxel``.
         overwrite: replace an existing file.
 
     Returns:
         ``Path(out_path)``.
     """
-    out = _check_out(out_path, overwrite)
+    out = _figure_path(out_path, overwrite)
     fig = build_three_plane_figure(
         image,
         cam,
@@ -452,6 +428,8 @@ def three_plane_figure(
         threshold=threshold,
         direction=direction,
         geometry=geometry,
+        mask=mask,
+        mask_labels=mask_labels,
         colorbar=colorbar,
         crosshair=crosshair,
         figsize=figsize,
@@ -459,20 +437,92 @@ def three_plane_figure(
     return _save(fig, out, dpi, overwrite)
 
 
+# ---------------------------------------------------------------------------------------- montage
 def _grid(n: int, ncols: int | None) -> tuple[int, int]:
     cols = ncols or max(1, math.ceil(math.sqrt(n)))
     return math.ceil(n / cols), cols
 
 
-def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    return np.take(volume, index, axis=axis)
+def _axis(axis: int) -> int:
+    if axis not in (0, 1, 2):
+        raise ConfigurationError(f"axis must be 0 (z), 1 (y) or 2 (x), got {axis}.")
+    return int(axis)
 
 
-_PLANE = {0: ("axial", 1, 2, False), 1: ("coronal", 0, 2, True), 2: ("sagittal", 0, 1, True)}
-
-
-def _aspect(spacing: tuple[float, float, float], row_axis: int, col_axis: int) -> float:
-    return spacing[row_axis] / spacing[col_axis]
+def build_montage_figure(
+    image: Any,
+    cam: Any,
+    axis: int = 0,
+    slices: Sequence[int] | None = None,
+    n_slices: int = 12,
+    ncols: int | None = None,
+    window: Window = None,
+    cmap: Any = "jet",
+    alpha: float = 0.5,
+    threshold: float | None = None,
+    spacing: Sequence[float] | None = None,
+    title: str | None = None,
+    *,
+    direction: Any = None,
+    geometry: Geometry | None = None,
+    mask: Any = None,
+    mask_labels: Mapping[int, str] | None = None,
+    colorbar: bool = True,
+    panel_size: float = 2.0,
+) -> Any:
+    """The :func:`montage` as a :class:`matplotlib.figure.Figure` (not saved)."""
+    _matplotlib()
+    axis = _axis(axis)
+    scene = _scene(
+        image,
+        [cam],
+        mask=mask,
+        mask_names=mask_labels,
+        spacing=spacing,
+        direction=direction,
+        geometry=geometry,
+    )
+    heat = scene.maps[0]
+    length = scene.image.shape[axis]
+    if slices is None:
+        other = tuple(a for a in range(3) if a != axis)
+        profile = heat.max(axis=other)
+        support = np.flatnonzero(profile > 0.1 * profile.max()) if profile.max() > 0 else np.arange(length)
+        first, last = int(support.min()), int(support.max())
+        count = min(n_slices, last - first + 1)
+        slices = np.unique(np.round(np.linspace(first, last, count)).astype(int)).tolist()
+    slices = [int(s) for s in slices]
+    if not slices or any(not 0 <= s < length for s in slices):
+        raise ConfigurationError(
+            f"slices must be indices within [0, {length}) along axis {axis}, got {slices}."
+        )
+    level = resolve_threshold(heat, threshold)
+    gray = scene.gray(window)
+    nrows, cols = _grid(len(slices), ncols)
+    fig, axes = _frame(
+        nrows,
+        cols,
+        panel=(panel_size, panel_size),
+        title=title,
+        colorbar=colorbar,
+        legend=scene.labels,
+        cmap=cmap,
+    )
+    centre = [s // 2 for s in scene.image.shape]
+    for n, index in enumerate(slices):
+        r, c = divmod(n, cols)
+        plane = take_plane(gray, heat, scene.mask, axis, index, scene.spacing, scene.direction)
+        voxel = list(centre)
+        voxel[axis] = index
+        corner = f"{'zyx'[axis]}={index}"
+        if scene.geometry is not None:
+            corner += "\n" + world_position(scene.geometry, voxel, axis)
+        draw_plane(
+            axes[r][c], plane, cmap=cmap, alpha=alpha, threshold=level, labels=scene.labels, corner=corner
+        )
+    for n in range(len(slices), nrows * cols):
+        axes[n // cols][n % cols].set_axis_off()
+    return fig
 
 
 def montage(
@@ -486,13 +536,15 @@ def montage(
     window: Window = None,
     cmap: Any = "jet",
     alpha: float = 0.5,
-    threshold: float = 0.0,
+    threshold: float | None = None,
     spacing: Sequence[float] | None = None,
     title: str | None = None,
     dpi: float = 150,
     *,
     direction: Any = None,
-    geometry: Any = None,
+    geometry: Geometry | None = None,
+    mask: Any = None,
+    mask_labels: Mapping[int, str] | None = None,
     colorbar: bool = True,
     panel_size: float = 2.0,
     overwrite: bool = False,
@@ -506,58 +558,91 @@ def montage(
         ncols: panels per row (default: about square).
         spacing: voxel size ``(z, y, x)`` for the aspect ratio.
         panel_size: inches per panel; the file is ``(ncols * panel_size, nrows * panel_size)``
-            inches (+0.9 inch for a colorbar, +0.4 inch for a title) at ``dpi``.
-        Other arguments as in :func:`three_plane_figure`.
+            inches (+0.9 inch for a colorbar or legend, +0.4 inch for a title) at ``dpi``.
+        Other arguments (``threshold``, ``mask``, ``geometry``, ...) as in :func:`three_plane_figure`;
+        each panel is labelled with its slice index (and world position with a geometry).
     """
-    _matplotlib()
-    from matplotlib.figure import Figure
-
-    out = _check_out(out_path, overwrite)
-    img, heat = _pair(image, cam)
-    if axis not in (0, 1, 2):
-        raise ConfigurationError(f"axis must be 0 (z), 1 (y) or 2 (x), got {axis}.")
-    length = img.shape[axis]
-    if slices is None:
-        other = tuple(a for a in range(3) if a != axis)
-        profile = heat.max(axis=other)
-        support = np.flatnonzero(profile > 0.1 * profile.max()) if profile.max() > 0 else np.arange(length)
-        first, last = int(support.min()), int(support.max())
-        count = min(n_slices, last - first + 1)
-        slices = np.unique(np.round(np.linspace(first, last, count)).astype(int)).tolist()
-    slices = [int(s) for s in slices]
-    if not slices or any(not 0 <= s < length for s in slices):
-        raise ConfigurationError(
-            f"slices must be indices within [0, {length}) along axis {axis}, got {slices}."
-        )
-    nrows, cols = _grid(len(slices), ncols)
-    sp = _spacing(spacing if spacing is not None or geometry is None else geometry.spacing_zyx)
-    direction = _direction(direction, geometry)
-    name, row_axis, col_axis, flip = _PLANE[axis]
-    extra = 0.9 if colorbar else 0.0
-    head = 0.4 if title else 0.0
-    width, height = cols * panel_size + extra, nrows * panel_size + head
-    fig = Figure(figsize=(width, height))
-    fig.patch.set_facecolor("white")
-    gray = window_image(img, window)
-    for n, index in enumerate(slices):
-        r, c = divmod(n, cols)
-        rect = (
-            c * panel_size / width,
-            1 - (r + 1) * panel_size / height - head / height,
-            panel_size / width,
-            panel_size / height,
-        )
-        ax = fig.add_axes(rect)
-        rgb = overlay(
-            _slice(gray, axis, index), _slice(heat, axis, index), (0.0, 1.0), cmap, alpha, threshold
-        )
-        _panel(ax, rgb, _aspect(sp, row_axis, col_axis), row_axis, col_axis, direction, flip, "")
-        ax.text(0.03, 0.04, f"{'zyx'[axis]}={index}", color="white", fontsize=7, transform=ax.transAxes)
-    if title:
-        fig.suptitle(title, fontsize=11, y=1 - 0.1 / height)
-    if colorbar:
-        _colorbar(fig, ((width - extra + 0.12) / width, 0.15, 0.12 / width, 0.7), cmap, "CAM")
+    out = _figure_path(out_path, overwrite)
+    fig = build_montage_figure(
+        image,
+        cam,
+        axis,
+        slices,
+        n_slices,
+        ncols,
+        window,
+        cmap,
+        alpha,
+        threshold,
+        spacing,
+        title,
+        direction=direction,
+        geometry=geometry,
+        mask=mask,
+        mask_labels=mask_labels,
+        colorbar=colorbar,
+        panel_size=panel_size,
+    )
     return _save(fig, out, dpi, overwrite)
+
+
+# ---------------------------------------------------------------------------------------- MIP
+def build_mip_figure(
+    image: Any,
+    cam: Any,
+    axes: Sequence[int] = (0, 1, 2),
+    window: Window = None,
+    cmap: Any = "jet",
+    alpha: float = 0.5,
+    threshold: float | None = None,
+    spacing: Sequence[float] | None = None,
+    title: str | None = None,
+    *,
+    direction: Any = None,
+    geometry: Geometry | None = None,
+    mask: Any = None,
+    mask_labels: Mapping[int, str] | None = None,
+    colorbar: bool = True,
+    panel_size: float = 3.5,
+) -> Any:
+    """The :func:`mip_figure` as a :class:`matplotlib.figure.Figure` (not saved)."""
+    _matplotlib()
+    axes = [int(a) for a in axes]
+    if not axes or any(a not in (0, 1, 2) for a in axes):
+        raise ConfigurationError(f"axes must be a subset of (0, 1, 2), got {axes}.")
+    scene = _scene(
+        image,
+        [cam],
+        mask=mask,
+        mask_names=mask_labels,
+        spacing=spacing,
+        direction=direction,
+        geometry=geometry,
+    )
+    heat = scene.maps[0]
+    level = resolve_threshold(heat, threshold)
+    gray = scene.gray(window)
+    fig, grid = _frame(
+        1,
+        len(axes),
+        panel=(panel_size, panel_size),
+        title=title,
+        colorbar=colorbar,
+        legend=scene.labels,
+        cmap=cmap,
+    )
+    for n, axis in enumerate(axes):
+        plane = take_plane(gray, heat, scene.mask, axis, None, scene.spacing, scene.direction)
+        draw_plane(
+            grid[0][n],
+            plane,
+            cmap=cmap,
+            alpha=alpha,
+            threshold=level,
+            labels=scene.labels,
+            corner=f"MIP {plane.name}",
+        )
+    return fig
 
 
 def mip_figure(
@@ -568,13 +653,15 @@ def mip_figure(
     window: Window = None,
     cmap: Any = "jet",
     alpha: float = 0.5,
-    threshold: float = 0.0,
+    threshold: float | None = None,
     spacing: Sequence[float] | None = None,
     title: str | None = None,
     dpi: float = 150,
     *,
     direction: Any = None,
-    geometry: Any = None,
+    geometry: Geometry | None = None,
+    mask: Any = None,
+    mask_labels: Mapping[int, str] | None = None,
     colorbar: bool = True,
     panel_size: float = 3.5,
     overwrite: bool = False,
@@ -582,38 +669,168 @@ def mip_figure(
     """Maximum-intensity projections of the image and of the map along each of ``axes``.
 
     Panel ``n`` projects along ``axes[n]`` (0: onto the axial plane, 1: coronal, 2: sagittal) and
-    overlays the map's MIP on the image's MIP. Volumes are ``(D, H, W)`` (z, y, x); other
-    arguments as in :func:`montage`.
+    overlays the map's MIP on the image's MIP; a ``mask`` is outlined where it lies anywhere on
+    the ray (the largest label wins). Volumes are ``(D, H, W)`` (z, y, x); other arguments as in
+    :func:`montage`.
     """
-    _matplotlib()
-    from matplotlib.figure import Figure
-
-    out = _check_out(out_path, overwrite)
-    img, heat = _pair(image, cam)
-    axes = [int(a) for a in axes]
-    if not axes or any(a not in (0, 1, 2) for a in axes):
-        raise ConfigurationError(f"axes must be a subset of (0, 1, 2), got {axes}.")
-    sp = _spacing(spacing if spacing is not None or geometry is None else geometry.spacing_zyx)
-    direction = _direction(direction, geometry)
-    extra = 0.9 if colorbar else 0.0
-    head = 0.4 if title else 0.0
-    width, height = len(axes) * panel_size + extra, panel_size + head
-    fig = Figure(figsize=(width, height))
-    fig.patch.set_facecolor("white")
-    low, high = window_limits(img, window)
-    for n, axis in enumerate(axes):
-        name, row_axis, col_axis, flip = _PLANE[axis]
-        ax = fig.add_axes((n * panel_size / width, 0.0, panel_size / width, panel_size / height))
-        rgb = overlay(img.max(axis=axis), heat.max(axis=axis), (low, high), cmap, alpha, threshold)
-        _panel(ax, rgb, _aspect(sp, row_axis, col_axis), row_axis, col_axis, direction, flip, "")
-        ax.text(0.03, 0.04, f"MIP {name}", color="white", fontsize=7, transform=ax.transAxes)
-    if title:
-        fig.suptitle(title, fontsize=11, y=1 - 0.1 / height)
-    if colorbar:
-        _colorbar(fig, ((width - extra + 0.12) / width, 0.15, 0.12 / width, 0.7), cmap, "CAM")
+    out = _figure_path(out_path, overwrite)
+    fig = build_mip_figure(
+        image,
+        cam,
+        axes,
+        window,
+        cmap,
+        alpha,
+        threshold,
+        spacing,
+        title,
+        direction=direction,
+        geometry=geometry,
+        mask=mask,
+        mask_labels=mask_labels,
+        colorbar=colorbar,
+        panel_size=panel_size,
+    )
     return _save(fig, out, dpi, overwrite)
 
 
+# ---------------------------------------------------------------------------------------- methods side by side
+def build_compare_methods_figure(
+    image: Any,
+    maps: Mapping[str, Any],
+    *,
+    mask: Any = None,
+    mask_labels: Mapping[int, str] | None = None,
+    voxel: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
+    window: Window = None,
+    cmap: Any = "jet",
+    alpha: float = 0.5,
+    threshold: float | None = None,
+    title: str | None = None,
+    direction: Any = None,
+    geometry: Geometry | None = None,
+    colorbar: bool = True,
+    crosshair: bool = True,
+    panel_size: float = 2.5,
+) -> Any:
+    """The :func:`compare_methods_figure` as a :class:`matplotlib.figure.Figure` (not saved)."""
+    _matplotlib()
+    if not maps:
+        raise ConfigurationError("maps is empty: pass {method name: map (D, H, W)}.")
+    names = [str(name) for name in maps]
+    scene = _scene(
+        image,
+        list(maps.values()),
+        mask=mask,
+        mask_names=mask_labels,
+        spacing=spacing,
+        direction=direction,
+        geometry=geometry,
+        cam_names=names,
+    )
+    default = _peak(scene.maps[0])
+    if scene.mask is not None and scene.labels:
+        default = _mask_centre(scene.mask == scene.labels[0].value)
+    point = _voxel(voxel, default, scene.image.shape)
+    gray = scene.gray(window)
+    fig, axes = _frame(
+        len(names),
+        3,
+        panel=(panel_size, panel_size),
+        title=title,
+        colorbar=colorbar,
+        legend=scene.labels,
+        cmap=cmap,
+        panel_titles=True,
+        left=0.3,
+    )
+    for row, (name, heat) in enumerate(zip(names, scene.maps)):
+        level = resolve_threshold(heat, threshold, what=f"map {name!r}")
+        for axis in range(3):
+            plane = take_plane(
+                gray,
+                heat,
+                scene.mask,
+                axis,
+                point[axis],
+                scene.spacing,
+                scene.direction,
+                scene.title(axis, point[axis], point) if row == 0 else "",
+                point if crosshair else None,
+            )
+            draw_plane(axes[row][axis], plane, cmap=cmap, alpha=alpha, threshold=level, labels=scene.labels)
+        box = axes[row][0].get_position()
+        fig.text(
+            0.15 / fig.get_figwidth(),
+            box.y0 + box.height / 2,
+            name,
+            rotation=90,
+            ha="center",
+            va="center",
+            fontsize=10,
+        )
+    return fig
+
+
+def compare_methods_figure(
+    image: Any,
+    maps: Mapping[str, Any],
+    out_path: str | os.PathLike[str],
+    *,
+    mask: Any = None,
+    mask_labels: Mapping[int, str] | None = None,
+    voxel: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
+    window: Window = None,
+    cmap: Any = "jet",
+    alpha: float = 0.5,
+    threshold: float | None = None,
+    title: str | None = None,
+    dpi: float = 150,
+    direction: Any = None,
+    geometry: Geometry | None = None,
+    colorbar: bool = True,
+    crosshair: bool = True,
+    panel_size: float = 2.5,
+    overwrite: bool = False,
+) -> Path:
+    """Several methods' maps side by side: one row per method, axial, coronal and sagittal columns.
+
+    All rows cut the same three planes through ``voxel`` — by default the ground truth's centre
+    (the voxel of the mask's first label nearest that label's centre of mass) when a ``mask`` is
+    given, else the first map's peak — so the rows compare like with like. Each map gets its own default threshold (0.2 of its
+    range); a number applies to all. The figure is ``(0.3 + 3 * panel_size [+ 0.9], rows *
+    (panel_size + 0.3) [+ 0.4])`` inches.
+
+    Args:
+        image: grayscale volume ``(D, H, W)`` (z, y, x), or an ``(array, Geometry)`` pair.
+        maps: ``{method name: map (D, H, W)}`` in row order, e.g. ``{"gradcam": m1, "layercam": m2}``.
+        Other arguments as in :func:`three_plane_figure`.
+    """
+    out = _figure_path(out_path, overwrite)
+    fig = build_compare_methods_figure(
+        image,
+        maps,
+        mask=mask,
+        mask_labels=mask_labels,
+        voxel=voxel,
+        spacing=spacing,
+        window=window,
+        cmap=cmap,
+        alpha=alpha,
+        threshold=threshold,
+        title=title,
+        direction=direction,
+        geometry=geometry,
+        colorbar=colorbar,
+        crosshair=crosshair,
+        panel_size=panel_size,
+    )
+    return _save(fig, out, dpi, overwrite)
+
+
+# ---------------------------------------------------------------------------------------- colorbar, slices
 def colorbar_figure(
     out_path: str | os.PathLike[str],
     cmap: Any = "jet",
@@ -630,12 +847,12 @@ def colorbar_figure(
 
     if orientation not in ("vertical", "horizontal"):
         raise ConfigurationError(f"orientation must be 'vertical' or 'horizontal', got {orientation!r}.")
-    out = _check_out(out_path, overwrite)
+    out = _figure_path(out_path, overwrite)
     vertical = orientation == "vertical"
     fig = Figure(figsize=figsize or ((1.0, 3.0) if vertical else (3.0, 0.9)))
     fig.patch.set_facecolor("white")
     rect = (0.2, 0.05, 0.25, 0.9) if vertical else (0.05, 0.55, 0.9, 0.3)
-    _colorbar(fig, rect, cmap, label, orientation)
+    add_colorbar(fig, rect, cmap, label, orientation)
     return _save(fig, out, dpi, overwrite)
 
 
@@ -648,7 +865,7 @@ def save_slice_pngs(
     cmap: Any = "jet",
     alpha: float = 0.5,
     window: Window = None,
-    threshold: float = 0.0,
+    threshold: float | None = None,
     *,
     overwrite: bool = False,
 ) -> list[Path]:
@@ -656,8 +873,9 @@ def save_slice_pngs(
 
     Each PNG holds the slice's voxels 1:1 (no resampling for spacing, no axes or labels):
     along ``axis=0`` a ``(H, W)`` slice becomes an ``H x W`` pixel image. The cam is clipped to
-    ``[0, 1]`` before the colormap (values never wrap around in 8 bits); the window is computed
-    once for the whole volume. Files are named ``{prefix}_{index:03d}.png``.
+    ``[0, 1]`` before the colormap (values never wrap around in 8 bits); the window and the
+    default threshold (0.2 of the map's range, as in the figures) are computed once for the whole
+    volume. Files are named ``{prefix}_{index:03d}.png``.
 
     Returns:
         the written paths, in slice order. If any of them exists and ``overwrite`` is false, nothing
@@ -666,13 +884,15 @@ def save_slice_pngs(
     _matplotlib()
     import matplotlib.image
 
-    img, heat = _pair(image, cam)
-    if axis not in (0, 1, 2):
-        raise ConfigurationError(f"axis must be 0 (z), 1 (y) or 2 (x), got {axis}.")
-    folder = check_writable_dir(out_dir)
+    from medcam3d._atomic import check_writable_dir
+
+    axis = _axis(axis)
+    scene = _scene(image, [cam])
+    heat = scene.maps[0]
     if any(c in prefix for c in "/\\\0"):
         raise ConfigurationError(f"prefix must be a plain file name part, got {prefix!r}.")
-    count = img.shape[axis]
+    folder = check_writable_dir(out_dir)
+    count = scene.image.shape[axis]
     digits = max(3, len(str(count - 1)))
     targets = [folder / f"{prefix}_{i:0{digits}d}.png" for i in range(count)]
     existing = [t for t in targets if t.exists()]
@@ -681,22 +901,21 @@ def save_slice_pngs(
             f"{len(existing)} of the slice files exist already (e.g. {existing[0]}). "
             "Pass overwrite=True (or --overwrite) to replace them, or choose another folder/prefix."
         )
-    gray = window_image(img, window)
-    import tempfile
+    level = resolve_threshold(heat, threshold)
+    gray = scene.gray(window)
+    encoded = []
+    for i in range(count):  # render everything first: files appear only once all slices rendered
+        rgb = overlay(
+            np.take(gray, i, axis=axis), np.take(heat, i, axis=axis), (0.0, 1.0), cmap, alpha, level
+        )
+        buffer = io.BytesIO()
+        matplotlib.image.imsave(buffer, (np.round(rgb * 255)).astype(np.uint8), format="png")
+        encoded.append(buffer.getvalue())
+    for data, target in zip(encoded, targets):
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{prefix}.", dir=folder))
-    try:
-        staged = []
-        for i, target in enumerate(targets):
-            rgb = overlay(_slice(gray, axis, i), _slice(heat, axis, i), (0.0, 1.0), cmap, alpha, threshold)
-            tmp = staging / target.name
-            matplotlib.image.imsave(tmp, (np.round(rgb * 255)).astype(np.uint8), format="png")
-            staged.append(tmp)
-        for tmp, target in zip(staged, targets):
-            os.replace(tmp, target)
-    finally:
-        for leftover in staging.glob("*"):
-            leftover.unlink()
-        staging.rmdir()
+        def write(tmp: Path, data: bytes = data) -> None:
+            tmp.write_bytes(data)
+
+        write_atomically(target, overwrite, write)
     logger.info("Wrote %d slice PNGs to %s", len(targets), folder)
     return targets
