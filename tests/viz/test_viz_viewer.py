@@ -56,6 +56,11 @@ def embedded_data(page: str) -> dict:
     return json.loads(match.group(1))
 
 
+def decode(text: str) -> bytes:
+    """The NIfTI bytes of an embedded volume."""
+    return gzip.decompress(base64.b64decode(text))
+
+
 def test_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
     image_path, map_path = make_files(tmp_path)
     title = '</script><script>alert("x")</script> & <i>'
@@ -75,10 +80,11 @@ def test_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
     reference = read_geometry(image_path)
     for key, source in (("image", image_path), ("map", map_path)):
         embedded = tmp_path / f"embedded_{key}.nii"
-        embedded.write_bytes(gzip.decompress(base64.b64decode(data[key])))
+        embedded.write_bytes(decode(data["image"] if key == "image" else data["maps"][0]["data"]))
         np.testing.assert_allclose(nib.load(embedded).affine, reference.affine, atol=1e-4)
         np.testing.assert_allclose(nib.load(embedded).get_fdata(), nib.load(source).get_fdata(), atol=1e-6)
-    assert data["peakXYZ"] == [PEAK[2], PEAK[1], PEAK[0]]
+    assert data["maps"][0]["peakXYZ"] == [PEAK[2], PEAK[1], PEAK[0]]
+    assert data["maps"][0]["name"] == "cam.nii.gz" and data["mask"] is None and not data["downsampled"]
 
 
 def test_cli_and_bad_input(tmp_path: Path) -> None:
@@ -186,4 +192,4 @@ def test_cli_dicom_folder_with_several_series(tmp_path: Path) -> None:
         ["view", str(folder), str(cam), "-o", str(out), "--series", "1.2.826.0.1.3680043.2.1125.8"]
     )
     assert args.func(args) == 0
-    assert embedded_data(out.read_text(encoding="utf-8"))["shapeXYZ"] == [5, 6, 4]
+    assert embedded_data(out.read_text(encoding="utf-8"))["grid"]["shapeXYZ"] == [5, 6, 4]
