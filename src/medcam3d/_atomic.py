@@ -40,6 +40,7 @@ from typing import Any
 from medcam3d.errors import NonFiniteInputError, OutputPathError
 
 __all__ = [
+    "SPACE_HINT",
     "TEMP_PREFIX",
     "TEMP_SUFFIX",
     "Verifier",
@@ -123,32 +124,45 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool) -> Path:
 def verify_nonempty(path: Path) -> None:
     """The default check of :func:`atomic_path`: ``path`` is a regular file with at least one byte."""
     if not path.is_file():
-        raise OutputPathError(f"the writer did not create {path.name}")
+        raise OutputPathError(f"the writer did not create {path.name}.")
     if path.stat().st_size == 0:
-        raise OutputPathError(f"{path.name} was written empty (0 bytes)")
+        raise OutputPathError(f"{path.name} was written empty (0 bytes). {SPACE_HINT}")
+
+
+#: The advice every failed write ends with.
+SPACE_HINT = "Check free disk space and file size limits (`df -h`, `ulimit -f`)."
 
 
 def _run_verify(verify: Verifier | None, tmp: Path, final: Path) -> None:
+    """Run ``verify`` on ``tmp``; any failure becomes an OutputPathError naming ``final``.
+
+    A verifier's own :class:`OutputPathError` message is kept as it is (it may carry its own
+    advice); other exceptions (a reader that chokes on the file, ``False``) get the disk-space hint.
+    """
     if not tmp.is_file():
         raise OutputPathError(f"Could not write {final}: the writer did not create the file.")
     if verify is None:
         return
     try:
         ok = verify(tmp)
+    except OutputPathError as exc:
+        raise OutputPathError(
+            f"Could not write {final}: the written file failed verification: {exc}"
+        ) from exc
     except OSError as exc:
         raise OutputPathError(
             f"Could not write {final}: checking the written file failed: {describe_os_error(exc)}"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - any failed check means the file is not what was meant
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = " ".join(str(exc).split()) or type(exc).__name__
         raise OutputPathError(
-            f"Could not write {final}: the written file failed verification ({detail}). Nothing was written; "
-            "check free disk space and file size limits (`df -h`, `ulimit -f`)."
+            f"Could not write {final}: the written file failed verification ({detail}); nothing was written. "
+            f"{SPACE_HINT}"
         ) from exc
     if ok is False:
         raise OutputPathError(
-            f"Could not write {final}: the written file failed verification. Nothing was written; check free "
-            "disk space and file size limits (`df -h`, `ulimit -f`)."
+            f"Could not write {final}: the written file does not read back as written; nothing was written. "
+            f"{SPACE_HINT}"
         )
 
 

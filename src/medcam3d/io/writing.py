@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from medcam3d._atomic import atomic_path, check_output_file
+from medcam3d._atomic import SPACE_HINT, atomic_path, check_output_file
 from medcam3d.errors import (
     GeometryError,
     NonFiniteInputError,
@@ -82,15 +82,20 @@ def _verify_image(
     back = sitk.ReadImage(str(tmp))
     if back.GetPixelID() != pixel_id or back.GetNumberOfComponentsPerPixel() != 1:
         raise OutputPathError(
-            f"{out.name} reads back as {back.GetPixelIDTypeAsString()}, not {sitk.GetPixelIDValueAsString(pixel_id)}"
+            f"{out.name} reads back as {back.GetPixelIDTypeAsString()}, not "
+            f"{sitk.GetPixelIDValueAsString(pixel_id)}; write another pixel type (dtype=np.float32) or format."
         )
     got = Geometry.from_sitk(back)
     if got.shape != geometry.shape:
-        raise OutputPathError(f"{out.name} reads back with shape {got.shape} instead of {geometry.shape}")
+        raise OutputPathError(
+            f"{out.name} reads back with shape {got.shape} instead of {geometry.shape}. {SPACE_HINT}"
+        )
     array = sitk.GetArrayFromImage(back).reshape(expected.shape)
     if not np.array_equal(array, expected, equal_nan=expected.dtype.kind in "fc"):
         differ = int(np.count_nonzero(array != expected))
-        raise OutputPathError(f"{differ} of {expected.size} voxels of {out.name} read back differently")
+        raise OutputPathError(
+            f"{differ} of {expected.size} voxels of {out.name} read back differently. {SPACE_HINT}"
+        )
     origin_atol = 1e-2  # mm; NIfTI stores the origin as float32
     if not (
         np.allclose(got.spacing, geometry.spacing, rtol=1e-4, atol=1e-5)
@@ -98,8 +103,8 @@ def _verify_image(
         and np.allclose(got.direction, geometry.direction, atol=1e-3)
     ):
         raise OutputPathError(
-            f"{out.name} reads back with a different geometry ({got} instead of {geometry}); the format cannot "
-            "store this geometry, write .mha or .nrrd instead"
+            f"{out.name} reads back with a different geometry ({got} instead of {geometry}): the format "
+            "cannot store this geometry (NIfTI keeps only orthogonal directions); write .mha or .nrrd instead."
         )
 
 
@@ -156,10 +161,7 @@ def write_image(
         try:
             sitk.WriteImage(image, str(tmp), compress and ending != ".nii")
         except RuntimeError as exc:
-            raise OutputPathError(
-                f"Could not write {out}: {_itk_message(exc)}. Check free disk space and file size limits "
-                "(`df -h`, `ulimit -f`)."
-            ) from exc
+            raise OutputPathError(f"Could not write {out}: {_itk_message(exc)}. {SPACE_HINT}") from exc
     logger.info("Wrote %s %s", out, geometry)
     return out
 
