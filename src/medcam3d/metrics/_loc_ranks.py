@@ -24,7 +24,7 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     The same ranks as ``scipy.stats.rankdata(values, method="average")``.
     """
     flat = np.asarray(values).ravel()
-    order = np.argsort(flat, kind="stable")
+    order = np.argsort(flat)  # ties are averaged, so the sort need not be stable
     starts, lengths = tie_groups(flat[order])
     group_rank = starts + (lengths + 1) / 2.0  # mean of ranks start+1 .. start+length
     ranks = np.empty(flat.shape[0], dtype=np.float64)

@@ -338,7 +338,7 @@ def iou_dice(
 # ------------------------------------------------------------------------------------- ranking scores
 def _sorted_groups(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct map values in ascending order with the number of positive and negative voxels at each."""
-    order = np.argsort(cam.ravel(), kind="stable")
+    order = np.argsort(cam.ravel())  # tied values are grouped, any order among them
     values = cam.ravel()[order]
     labels = mask.ravel()[order]
     starts, lengths = tie_groups(values)
