@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from medcam3d import AblationCAM, ScoreCAM
+from medcam3d.core.context import CallContext
 from medcam3d.methods.perturbation import PerturbationCAM
 from medcam3d.utils.model_targets import ClassifierOutputTarget
 
@@ -71,8 +72,8 @@ def layer_weights(
     captured: list[torch.Tensor] = []
     original = cam.weights
 
-    def spy(acts: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
-        w = original(acts, grads)
+    def spy(acts: torch.Tensor, grads: torch.Tensor | None, context: CallContext) -> torch.Tensor:
+        w = original(acts, grads, context)
         captured.append(w)
         return w
 

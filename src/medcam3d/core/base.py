@@ -6,148 +6,77 @@
             │                                                  │
             └── taps on target layers: activations A (N, K, *s) ◀─ autograd.grad(score, A) → G
                    method hook: weights(A, G) → (N, K)  or  weighted_activations(A, G) → (N, K, *s)
-                                or layer_map(A, G, eigen_smooth) → (N, *s)
+                                or layer_map(A, G) → (N, *s)
                    ReLU → resize to *S on the model's device → per-sample min-max (optional)
                    mean over layers → min-max (optional) → (N, *S)
 
 Everything between the input and the returned array is a torch tensor on the model's device.
+
+A CAM object holds configuration only: the state of one call travels in a
+:class:`~medcam3d.core.context.CallContext` handed to the hooks. A hook receives it when it
+declares a parameter named ``context``; formula methods that need only ``A`` and ``G`` may leave it
+out (``def weights(self, activations, grads)``), so methods written for earlier versions work as
+they are.
+
+Hooks a method may override, from the most common to the rarest:
+
+- ``weights(activations, grads, context)`` → ``(N, K)`` channel weights;
+- ``weighted_activations(activations, grads, context)`` → ``(N, K, *s)``;
+- ``layer_map(activations, grads, context)`` → ``(N, *s)`` (``context.eigen_smooth`` says whether
+  to project on the first principal component);
+- ``get_cam_weights`` / ``get_cam_image`` / ``aggregate_multi_layers``: pytorch-grad-cam's names;
+- the protected pipeline hooks ``_forward(context, taps)``, ``_gradients(context, scores,
+  activations, retain_graph)``, ``_aggregate(context, layer_maps)``, ``_finalize(context, result)``
+  and ``_release(context)`` (always called at the end of a call, also when it raises), for methods
+  that change the passes themselves (FullGrad, Guided Grad-CAM, ShapleyCAM);
+- the class attributes ``uses_gradients``, ``create_graph``, ``normalize_layer_maps``,
+  ``shares_forward_pass`` and ``context_type``.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from medcam3d.core.augment import TTATransform, default_tta_transforms
+from medcam3d.core.augment import TTATransform, default_tta_transforms, smooth_over_transforms
+from medcam3d.core.checks import (
+    check_gradients_allowed,
+    check_input,
+    check_targets,
+    default_targets,
+    select_output,
+)
+from medcam3d.core.context import CallContext, CAMResult, OutputIndex, Target
 from medcam3d.core.layers import LayerSpec, resolve_layers
+from medcam3d.core.model import conv_spatial_rank, model_device, model_state
 from medcam3d.core.projection import first_component_projection
 from medcam3d.core.taps import LayerTaps
-from medcam3d.core.tensors import broadcast_channels, minmax_normalize, resize_maps
-from medcam3d.errors import (
-    InputShapeError,
-    LayerNotReachedError,
-    LayerOutputError,
-    ModelOutputError,
-    NonFiniteInputError,
-    TargetError,
-)
+from medcam3d.core.tensors import broadcast_channels, finish_layer_map, minmax_normalize
+from medcam3d.errors import LayerNotReachedError, LayerOutputError, TargetError
 
-__all__ = ["BaseCAM", "CAMResult", "CallContext", "model_device", "select_output"]
+__all__ = ["BaseCAM", "CAMResult", "CallContext", "Target", "model_device", "select_output"]
 
 logger = logging.getLogger(__name__)
 
-Target = Callable[[torch.Tensor], torch.Tensor]
-OutputIndex = Union[int, str]
+
+_HOOK_PARAMETERS: dict[Any, frozenset[str]] = {}
 
 
-@dataclass
-class CAMResult:
-    """What one CAM computation produced; every tensor is on the model's device.
-
-    Attributes:
-        maps: ``(N, *S)`` final maps (normalised to [0, 1] unless ``normalize=False``).
-        layer_maps: one ``(N, *S)`` map per target layer, after ReLU and resizing
-            (normalised per sample when ``normalize=True``).
-        output: the model output the targets were applied to (the element chosen by
-            ``output_index`` for tuple/list/dict outputs), detached, e.g. ``(N, classes)`` or
-            ``(N, classes, *S)``.
-        scores: ``(N,)`` the target score of each sample, detached.
-        layer_names: the dotted names of the target layers.
-    """
-
-    maps: torch.Tensor
-    layer_maps: list[torch.Tensor]
-    output: torch.Tensor
-    scores: torch.Tensor | None
-    layer_names: list[str] = field(default_factory=list)
-
-
-@dataclass
-class CallContext:
-    """What a method hook may need besides activations and gradients, for the current layer."""
-
-    input_tensor: torch.Tensor
-    targets: list[Target]
-    layer_name: str
-    layer: nn.Module
-    output: torch.Tensor
-    #: maps a model output of this pass back to the frame the targets expect (``aug_smooth``);
-    #: perturbation methods apply it to the outputs of their extra forward passes
-    output_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-
-def _first_conv_rank(model: nn.Module) -> int | None:
-    """Spatial rank shared by all the model's convolutions (None if none, or if ranks are mixed)."""
-    ranks = {len(m.kernel_size) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)}
-    return ranks.pop() if len(ranks) == 1 else None
-
-
-def model_device(model: nn.Module, fallback: torch.device | None = None) -> torch.device:
-    """The device of the model's first parameter or buffer (``fallback`` or CPU if it has none)."""
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return fallback if fallback is not None else torch.device("cpu")
-
-
-def select_output(raw_output: Any, output_index: OutputIndex = 0) -> torch.Tensor:
-    """The tensor of logits in a model output: the output itself, or the element ``output_index``
-    picks from a tuple/list (index) or dict (key, or position); a clear error otherwise."""
-    out = raw_output
-    if isinstance(out, dict):
-        key = output_index
-        if key not in out:
-            if isinstance(key, int) and 0 <= key < len(out):
-                key = list(out.keys())[key]
-            else:
-                raise ModelOutputError(
-                    f"The model returns a dict with keys {list(out.keys())}; output_index={output_index!r} "
-                    "is not one of them. Pass output_index=<key>."
-                )
-        out = out[key]
-    elif isinstance(out, (tuple, list)):
-        index = output_index
-        if not isinstance(index, int) or not -len(out) <= index < len(out):
-            raise ModelOutputError(
-                f"The model returns a {type(out).__name__} of {len(out)} elements; output_index="
-                f"{output_index!r} does not pick one. Pass an index from 0 to {len(out) - 1} "
-                "(0 is the full-resolution output for deep supervision)."
-            )
-        out = out[index]
-    if not isinstance(out, torch.Tensor):
-        raise ModelOutputError(
-            f"The selected model output is a {type(out).__name__}, not a tensor. "
-            "Use output_index to pick the tensor of logits."
-        )
-    return out
-
-
-class _ModelState:
-    """Saves and restores train/eval flags and parameters' ``requires_grad``."""
-
-    def __init__(self, model: nn.Module, eval_mode: bool, freeze_parameters: bool) -> None:
-        self.training = [(m, m.training) for m in model.modules()]
-        self.requires_grad = [(p, p.requires_grad) for p in model.parameters()]
-        if eval_mode:
-            model.eval()
-        if freeze_parameters:
-            for p, _ in self.requires_grad:
-                p.requires_grad_(False)
-
-    def restore(self) -> None:
-        for module, flag in self.training:
-            module.training = flag
-        for p, flag in self.requires_grad:
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
+def _hook_parameters(hook: Callable[..., Any]) -> frozenset[str]:
+    """The parameter names a hook declares (cached per function)."""
+    key = getattr(hook, "__func__", hook)
+    found = _HOOK_PARAMETERS.get(key)
+    if found is None:
+        found = frozenset(inspect.signature(hook).parameters)
+        _HOOK_PARAMETERS[key] = found
+    return found
 
 
 class BaseCAM:
@@ -172,12 +101,24 @@ class BaseCAM:
         use_cuda: accepted for compatibility with the original medcam3d and ignored with a
             warning: the device always follows the model.
         eval_mode: put the model in eval mode for the duration of each call (restored after).
+            With ``eval_mode=False`` a model in training mode stays so, and its BatchNorm layers
+            update their running statistics in the CAM's forward passes, as in any training-mode
+            forward.
+
+    Calls are safe from several threads: the per-call state lives in the call's context, and
+    calls on one model are serialised by a per-model lock (:func:`medcam3d.core.model.model_state`).
     """
 
     #: whether the method needs gradients with respect to the target layers
     uses_gradients: bool = True
     #: whether the gradients must keep their graph (second-order methods)
-    create_graph: bool = False
+    create_graph: ClassVar[bool] = False
+    #: min-max normalise each layer's map before the layers are aggregated
+    normalize_layer_maps: ClassVar[bool] = True
+    #: whether :meth:`compute_multi` may serve several target sets from one forward pass
+    shares_forward_pass: ClassVar[bool] = True
+    #: the per-call context this method needs (a dataclass subclass of :class:`CallContext`)
+    context_type: ClassVar[type[CallContext]] = CallContext
 
     def __init__(
         self,
@@ -218,22 +159,39 @@ class BaseCAM:
         self.normalize = normalize
         self.return_tensor = return_tensor
         self.eval_mode = eval_mode
+        #: the model output of the latest call (pytorch-grad-cam compatibility; with several
+        #: threads, read ``CAMResult.output`` instead)
         self.outputs: torch.Tensor | None = None
-        self.context: CallContext | None = None
-        self._input: torch.Tensor | None = None
-        self._expected_spatial_rank = _first_conv_rank(model)
+        self._expected_spatial_rank = conv_spatial_rank(model)
 
-    # ------------------------------------------------------------------ device
     @property
     def device(self) -> torch.device:
         return model_device(self.model)
 
-    # ------------------------------------------------------------------ hooks
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------ method hooks
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext) -> torch.Tensor:
         """Channel weights ``(N, K)`` from activations and gradients ``(N, K, *s)``."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement weights(), weighted_activations() or layer_map()."
         )
+
+    def weighted_activations(
+        self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext
+    ) -> torch.Tensor:
+        """``(N, K, *s)`` activations weighted per channel (or element-wise) before the channel sum."""
+        if self._overrides("get_cam_weights"):
+            weights: Any = self.get_cam_weights(
+                context.input_tensor, context.current_layer(), context.targets, activations, grads
+            )
+        else:
+            weights = self._call_hook("weights", activations, grads, context)
+        weights_t = torch.as_tensor(weights, device=activations.device, dtype=activations.dtype)
+        return broadcast_channels(weights_t, activations) * activations
+
+    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext) -> torch.Tensor:
+        """The map of one layer at feature resolution ``(N, *s)`` (before ReLU and resizing)."""
+        weighted = self._call_hook("weighted_activations", activations, grads, context)
+        return first_component_projection(weighted) if context.eigen_smooth else weighted.sum(dim=1)
 
     def get_cam_weights(
         self,
@@ -241,27 +199,11 @@ class BaseCAM:
         target_layer: nn.Module,
         targets: list[Target],
         activations: torch.Tensor,
-        grads: torch.Tensor,
+        grads: torch.Tensor | None,
     ) -> torch.Tensor | np.ndarray:
         """pytorch-grad-cam's hook: channel weights ``(N, K)``. Defaults to :meth:`weights`."""
-        return self.weights(activations, grads)
-
-    def weighted_activations(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        """``(N, K, *s)`` activations weighted per channel (or element-wise) before the channel sum."""
-        ctx = self.context
-        assert ctx is not None
-        weights = self.get_cam_weights(ctx.input_tensor, ctx.layer, ctx.targets, activations, grads)
-        weights_t = torch.as_tensor(weights, device=activations.device, dtype=activations.dtype)
-        return broadcast_channels(weights_t, activations) * activations
-
-    def layer_map(
-        self, activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: bool = False
-    ) -> torch.Tensor:
-        """The map of one layer at feature resolution ``(N, *s)`` (before ReLU and resizing)."""
-        weighted = self.weighted_activations(activations, grads)
-        if eigen_smooth:
-            return first_component_projection(weighted)
-        return weighted.sum(dim=1)
+        context = self.context_type(input_tensor=input_tensor, targets=list(targets), layer=target_layer)
+        return self._call_hook("weights", activations, grads, context)
 
     def get_cam_image(
         self,
@@ -269,11 +211,14 @@ class BaseCAM:
         target_layer: nn.Module,
         targets: list[Target],
         activations: torch.Tensor,
-        grads: torch.Tensor,
+        grads: torch.Tensor | None,
         eigen_smooth: bool = False,
     ) -> torch.Tensor:
-        """pytorch-grad-cam's name for :meth:`layer_map`."""
-        return self.layer_map(activations, grads, eigen_smooth)
+        """pytorch-grad-cam's name for :meth:`layer_map`: ``(N, K, *s)`` → ``(N, *s)``."""
+        context = self.context_type(
+            input_tensor=input_tensor, eigen_smooth=eigen_smooth, targets=list(targets), layer=target_layer
+        )
+        return self._call_hook("layer_map", activations, grads, context)
 
     def aggregate_multi_layers(self, layer_maps: list[torch.Tensor], normalize: bool) -> torch.Tensor:
         """Mean over layers of ``(N, *S)`` maps, normalised again if asked."""
@@ -282,84 +227,30 @@ class BaseCAM:
 
     def default_targets(self, output: torch.Tensor) -> list[Target]:
         """Targets when ``targets=None``: the highest-scoring class of a classifier output."""
-        from medcam3d.core.targets import ClassifierOutputTarget
+        return default_targets(output)
 
-        if output.ndim == 2:
-            categories = output.argmax(dim=1)
-            return [ClassifierOutputTarget(categories[i]) for i in range(output.shape[0])]
-        if output.ndim == 1:
-            return [ClassifierOutputTarget(None) for _ in range(output.shape[0])]
-        raise TargetError(
-            f"targets=None picks the top class of a classifier output (N, classes), but this model's "
-            f"output has shape {tuple(output.shape)} with spatial axes. Pass one target per sample, e.g. "
-            "targets=[SemanticSegmentationTarget(category=1, mask=None)] * N (the voxels predicted as class 1) "
-            "or [ClassifierOutputTarget(1)] * N (the whole class-1 channel), from medcam3d.utils.model_targets."
-        )
+    # ------------------------------------------------------------------ hook dispatch
+    def _overrides(self, name: str) -> bool:
+        return getattr(type(self), name) is not getattr(BaseCAM, name)
 
-    # ------------------------------------------------------------------ validation
-    def _check_input(self, input_tensor: torch.Tensor) -> torch.Tensor:
-        if not isinstance(input_tensor, torch.Tensor):
-            raise InputShapeError(
-                f"input_tensor must be a torch.Tensor of shape (N, C, D, H, W) or (N, C, H, W), "
-                f"got {type(input_tensor).__name__}. Convert with torch.as_tensor(array)."
-            )
-        if not 3 <= input_tensor.ndim <= 5:
-            hint = ""
-            if input_tensor.ndim in (2, 3, 4) and input_tensor.ndim < 5:
-                hint = " For a single image or volume add the batch and channel axes, e.g. x[None, None]."
-            raise InputShapeError(
-                f"input_tensor must be (N, C, *spatial) with 1 to 3 spatial axes — (N, C, D, H, W) for a "
-                f"volume, (N, C, H, W) for an image — but has shape {tuple(input_tensor.shape)}.{hint}"
-            )
-        expected = self._expected_spatial_rank
-        if expected is not None and input_tensor.ndim - 2 != expected:
-            names = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
-            raise InputShapeError(
-                f"The model's convolutions have {expected} spatial axes, so input_tensor must be "
-                f"{names[expected]}, but it has shape {tuple(input_tensor.shape)}. For a single "
-                f"{'volume' if expected == 3 else 'image'} add the batch and channel axes, e.g. x[None, None]."
-            )
-        if input_tensor.shape[0] == 0 or any(s == 0 for s in input_tensor.shape[1:]):
-            raise InputShapeError(f"input_tensor has an empty axis: shape {tuple(input_tensor.shape)}.")
-        if not input_tensor.is_floating_point():
-            raise InputShapeError(
-                f"input_tensor must be floating point, got {input_tensor.dtype}. Convert with x.float()."
-            )
-        if not bool(torch.isfinite(input_tensor).all()):
-            raise NonFiniteInputError(
-                "input_tensor contains NaN or Inf values. Clean it first, e.g. torch.nan_to_num(x)."
-            )
-        return input_tensor.to(self.device)
+    def _call_hook(self, name: str, activations: torch.Tensor, grads: Any, context: CallContext) -> Any:
+        """Call the hook ``name`` with the arguments it declares (``context``, ``eigen_smooth``)."""
+        hook = getattr(self, name)
+        declared = _hook_parameters(hook)
+        kwargs: dict[str, Any] = {}
+        if "context" in declared:
+            kwargs["context"] = context
+        if "eigen_smooth" in declared:
+            kwargs["eigen_smooth"] = context.eigen_smooth
+        return hook(activations, grads, **kwargs)
 
-    def _select_output(self, raw_output: Any) -> torch.Tensor:
-        return select_output(raw_output, self.output_index)
-
-    def _check_targets(self, targets: Any, batch: int) -> list[Target]:
-        if callable(targets) and not isinstance(targets, (list, tuple)):
-            raise TargetError(
-                f"targets must be a list with one target per sample; got a single {type(targets).__name__}. "
-                f"Use [target] * {batch} to apply it to every sample."
-            )
-        targets = list(targets)
-        if len(targets) != batch:
-            raise TargetError(
-                f"Got {len(targets)} targets for a batch of {batch} samples: pass exactly one target per "
-                f"sample (e.g. [ClassifierOutputTarget(k)] * {batch})."
-            )
-        for t in targets:
-            if not callable(t):
-                raise TargetError(
-                    f"Each target must be callable on one sample's output (got {type(t).__name__}). "
-                    "Use medcam3d.utils.model_targets.ClassifierOutputTarget(k) for class k."
-                )
-        return targets
-
-    # ------------------------------------------------------------------ pipeline
-    def _forward(self, input_tensor: torch.Tensor, taps: LayerTaps) -> tuple[torch.Tensor, Any]:
+    # ------------------------------------------------------------------ protected pipeline hooks
+    def _forward(self, context: CallContext, taps: LayerTaps) -> tuple[torch.Tensor, Any]:
+        """The forward pass with the taps on: ``(selected output, raw model output)``."""
         with taps:
-            raw_output = self.model(input_tensor)
-        output = self._select_output(raw_output)
-        missing = [name for name, _ in self.layers if name not in taps.activations]
+            raw_output = self.model(context.input_tensor)
+        output = select_output(raw_output, self.output_index)
+        missing = [name for name in self.layer_names if name not in taps.activations]
         if missing:
             raise LayerNotReachedError(
                 f"Target layer(s) {missing} did not run during the forward pass. Choose layers that are "
@@ -367,22 +258,20 @@ class BaseCAM:
             )
         return output, raw_output
 
-    def _scores(self, output: torch.Tensor, targets: list[Target]) -> torch.Tensor:
-        scores = []
-        for i, target in enumerate(targets):
-            value = target(output[i])
-            if not isinstance(value, torch.Tensor):
-                value = torch.as_tensor(value, device=output.device, dtype=output.dtype)
-            scores.append(value.sum())
-        return torch.stack(scores)
-
     def _gradients(
-        self, scores: torch.Tensor, activations: list[torch.Tensor], retain_graph: bool = False
+        self,
+        context: CallContext,
+        scores: torch.Tensor,
+        activations: list[torch.Tensor],
+        retain_graph: bool = False,
     ) -> list[torch.Tensor]:
+        """``∂ Σ scores / ∂ activations`` for every target layer (the graph kept if ``retain_graph``)."""
         if not scores.requires_grad:
             raise LayerOutputError(
                 "The target score does not depend on the target layers (no gradient path). Check that the "
-                "targets read the model output and that the layers come before the output."
+                "targets read the model output, that the layers come before the output selected by "
+                f"output_index={self.output_index!r}, and list candidate layers with "
+                "medcam3d.utils.find_layers.list_layers (or --list-layers on the command line)."
             )
         grads = torch.autograd.grad(
             scores.sum(),
@@ -396,11 +285,25 @@ class BaseCAM:
             if grad is None:
                 raise LayerOutputError(
                     f"The target score does not depend on layer {name!r} (it runs on a branch that does not "
-                    "reach the chosen output). Choose a layer on the path to the output."
+                    f"reach the output selected by output_index={self.output_index!r}). Choose a layer on the "
+                    "path to the output; list candidates with medcam3d.utils.find_layers.list_layers."
                 )
             result.append(grad if self.create_graph else grad.detach())
         return result
 
+    def _aggregate(self, context: CallContext, layer_maps: list[torch.Tensor]) -> torch.Tensor:
+        """The final ``(N, *S)`` map from the per-layer maps."""
+        return self.aggregate_multi_layers(layer_maps, context.normalize)
+
+    def _finalize(self, context: CallContext, result: CAMResult) -> CAMResult:
+        """Last change to one target set's result, inside the call (default: none)."""
+        return result
+
+    def _release(self, context: CallContext) -> None:
+        """Free what the method kept in ``context``; called at the end of every call, also on errors."""
+        return None
+
+    # ------------------------------------------------------------------ pipeline
     def _prepare(self, name: str, tensor: torch.Tensor, spatial_rank: int, batch: int) -> torch.Tensor:
         if self.reshape_transform is not None:
             tensor = self.reshape_transform(tensor)
@@ -417,15 +320,40 @@ class BaseCAM:
             )
         return tensor
 
-    def _compute_once(
+    def _scores(self, output: torch.Tensor, targets: list[Target]) -> torch.Tensor:
+        scores = []
+        for i, target in enumerate(targets):
+            value = target(output[i])
+            if not isinstance(value, torch.Tensor):
+                value = torch.as_tensor(value, device=output.device, dtype=output.dtype)
+            scores.append(value.sum())
+        return torch.stack(scores)
+
+    def _layer_maps(
         self,
-        input_tensor: torch.Tensor,
-        targets: list[Target] | None,
-        eigen_smooth: bool,
-        normalize: bool,
-        output_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> CAMResult:
-        return self._compute_sets(input_tensor, [targets], eigen_smooth, normalize, output_inverse)[0]
+        context: CallContext,
+        activations: list[torch.Tensor],
+        grads: Sequence[torch.Tensor | None],
+        spatial: tuple[int, ...],
+    ) -> list[torch.Tensor]:
+        """One ``(N, *S)`` map per target layer: the method's hook, then ReLU, resize, normalise."""
+        batch = context.input_tensor.shape[0]
+        normalize = context.normalize and self.normalize_layer_maps
+        custom_image = self._overrides("get_cam_image")
+        maps = []
+        for (name, module), act, grad in zip(self.layers, activations, grads):
+            act_p = self._prepare(name, act if self.create_graph else act.detach(), len(spatial), batch)
+            grad_p = self._prepare(name, grad, len(spatial), batch) if grad is not None else None
+            context.layer_name, context.layer = name, module
+            if custom_image:
+                cam = self.get_cam_image(
+                    context.input_tensor, module, context.targets, act_p, grad_p, context.eigen_smooth
+                )
+            else:
+                cam = self._call_hook("layer_map", act_p, grad_p, context)
+            maps.append(finish_layer_map(cam, spatial, normalize, act_p.device))
+        context.layer_name, context.layer = "", None
+        return maps
 
     def _compute_sets(
         self,
@@ -433,70 +361,57 @@ class BaseCAM:
         target_sets: Sequence[list[Target] | None],
         eigen_smooth: bool,
         normalize: bool,
-        output_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        output_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> list[CAMResult]:
         """One forward pass, then the maps of each target set (one gradient pass per set)."""
         spatial = tuple(input_tensor.shape[2:])
         batch = input_tensor.shape[0]
         track = self.uses_gradients
-        state = _ModelState(self.model, self.eval_mode, freeze_parameters=True)
+        context = self.context_type(
+            input_tensor=input_tensor,
+            eigen_smooth=eigen_smooth,
+            normalize=normalize,
+            output_transform=output_transform,
+        )
         taps = LayerTaps(self.layers, track_gradients=track)
-        try:
-            grad_mode = torch.enable_grad() if track else torch.no_grad()
-            with grad_mode:
-                x = input_tensor
-                if self.compute_input_gradient:
-                    x = input_tensor.detach().requires_grad_(True)
-                self._input = x
-                output, _ = self._forward(x, taps)
-                self.outputs = output.detach()
-                target_output = output_inverse(output) if output_inverse is not None else output
-                activations = [taps.activations[name] for name in self.layer_names]
-                results = []
-                for index, given in enumerate(target_sets):
-                    more = index < len(target_sets) - 1
-                    targets = self._check_targets(
-                        self.default_targets(target_output.detach()) if given is None else given, batch
-                    )
-                    scores = self._scores(target_output, targets)
-                    grads: list[torch.Tensor | None] = [None] * len(activations)
-                    if track:
-                        computed = (
-                            self._gradients(scores, activations, retain_graph=True)
-                            if more
-                            else self._gradients(scores, activations)
+        with model_state(self.model, self.eval_mode, freeze_parameters=True):
+            try:
+                with torch.enable_grad() if track else torch.no_grad():
+                    if self.compute_input_gradient:
+                        context.input_tensor = input_tensor.detach().requires_grad_(True)
+                    output, _ = self._forward(context, taps)
+                    self.outputs = output.detach()
+                    target_output = output_transform(output) if output_transform is not None else output
+                    context.output = target_output.detach()
+                    activations = [taps.activations[name] for name in self.layer_names]
+                    results = []
+                    for index, given in enumerate(target_sets):
+                        targets = check_targets(
+                            self.default_targets(context.output) if given is None else given, batch
                         )
-                        grads = list(computed)
-                    layer_maps = []
-                    for (name, module), act, grad in zip(self.layers, activations, grads):
-                        act_p = self._prepare(
-                            name, act if self.create_graph else act.detach(), len(spatial), batch
-                        )
-                        grad_p = self._prepare(name, grad, len(spatial), batch) if grad is not None else None
-                        self.context = CallContext(
-                            input_tensor, targets, name, module, target_output.detach(), output_inverse
-                        )
-                        cam = self.get_cam_image(input_tensor, module, targets, act_p, grad_p, eigen_smooth)  # type: ignore[arg-type]
-                        cam = torch.as_tensor(cam, device=act_p.device).detach().to(torch.float32)
-                        cam = torch.nan_to_num(cam.clamp_min(0), nan=0.0, posinf=0.0)
-                        cam = resize_maps(cam, spatial)
-                        layer_maps.append(minmax_normalize(cam) if normalize else cam)
-                    results.append(
-                        CAMResult(
-                            maps=self.aggregate_multi_layers(layer_maps, normalize),
+                        scores = self._scores(target_output, targets)
+                        context.targets, context.scores = targets, scores
+                        grads: Sequence[torch.Tensor | None] = [None] * len(activations)
+                        if track:
+                            more = index < len(target_sets) - 1
+                            grads = self._gradients(context, scores, activations, retain_graph=more)
+                        layer_maps = self._layer_maps(context, activations, grads, spatial)
+                        result = CAMResult(
+                            maps=self._aggregate(context, layer_maps),
                             layer_maps=layer_maps,
                             output=output.detach(),
                             scores=scores.detach(),
                             layer_names=list(self.layer_names),
                         )
-                    )
-            return results
-        finally:
-            taps.remove()
-            taps.clear()
-            state.restore()
-            self.context = None
-            self._input = None
+                        results.append(self._finalize(context, result))
+                return results
+            finally:
+                taps.remove()
+                taps.clear()
+                self._release(context)
+
+    def _resolve_normalize(self, normalize: bool | None) -> bool:
+        return self.normalize if normalize is None else bool(normalize)
 
     def compute_multi(
         self,
@@ -511,23 +426,19 @@ class BaseCAM:
         Each element of ``target_sets`` is what :meth:`compute` takes as ``targets`` (one target per
         sample, or ``None``). The forward pass runs once; each set then gets its own gradient pass
         (the graph is kept between sets and freed after the last). Every result shares ``output``.
-        Methods that replace :meth:`compute` (FullGrad, Guided Grad-CAM) or need second-order graphs
-        (ShapleyCAM) run one :meth:`compute` per set instead: same results, one forward each.
+        Methods that declare ``shares_forward_pass = False`` (ShapleyCAM, whose second-order graphs
+        are per set) run one :meth:`compute` per set instead: same results, one forward each.
         """
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "CAMs need gradients, which torch.inference_mode() forbids. Call the CAM outside "
-                "inference_mode (torch.no_grad() is fine)."
-            )
+        check_gradients_allowed()
         sets = [None if t is None else list(t) for t in target_sets]
         if not sets:
             raise TargetError("target_sets is empty: pass at least one list of targets.")
-        normalize = self.normalize if normalize is None else normalize
-        if type(self).compute is not BaseCAM.compute or self.create_graph:
+        normalize = self._resolve_normalize(normalize)
+        if not self.shares_forward_pass:
             return [
                 self.compute(input_tensor, t, eigen_smooth=eigen_smooth, normalize=normalize) for t in sets
             ]
-        x = self._check_input(input_tensor)
+        x = check_input(input_tensor, self.model, self._expected_spatial_rank)
         return self._compute_sets(x, sets, eigen_smooth, normalize)
 
     def compute(
@@ -551,45 +462,20 @@ class BaseCAM:
             eigen_smooth: project the weighted activations on their first principal component.
             normalize: override the instance's ``normalize`` setting for this call.
         """
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "CAMs need gradients, which torch.inference_mode() forbids. Call the CAM outside "
-                "inference_mode (torch.no_grad() is fine)."
-            )
-        normalize = self.normalize if normalize is None else normalize
-        x = self._check_input(input_tensor)
-        target_list = list(targets) if targets is not None and not callable(targets) else targets
+        check_gradients_allowed()
+        normalize = self._resolve_normalize(normalize)
+        x = check_input(input_tensor, self.model, self._expected_spatial_rank)
+        given: Any = targets if targets is None or callable(targets) else list(targets)
         if not aug_smooth:
-            return self._compute_once(x, target_list, eigen_smooth, normalize)  # type: ignore[arg-type]
+            return self._compute_sets(x, [given], eigen_smooth, normalize)[0]
         transforms = self.tta_transforms or default_tta_transforms(x.shape[2:])
-        sums: torch.Tensor | None = None
-        layer_sums: list[torch.Tensor] = []
-        first: CAMResult | None = None
-        for transform in transforms:
-            x_t = transform.forward(x, lead=2)
-
-            def back(
-                out: torch.Tensor, t: TTATransform = transform, shape: tuple[int, ...] = tuple(x_t.shape[2:])
-            ) -> torch.Tensor:
-                if out.ndim == x.ndim and tuple(out.shape[2:]) == shape:
-                    return t.inverse(out, lead=2)
-                return out
-
-            result = self._compute_once(x_t, target_list, eigen_smooth, normalize, output_inverse=back)  # type: ignore[arg-type]
-            maps = transform.inverse(result.maps, lead=1)
-            layers = [transform.inverse(m, lead=1) for m in result.layer_maps]
-            if first is None:
-                first, sums, layer_sums = result, maps, layers
-            else:
-                assert sums is not None
-                sums = sums + maps
-                layer_sums = [a + b for a, b in zip(layer_sums, layers)]
-        assert first is not None and sums is not None
-        count = float(len(transforms))
-        maps = sums / count
-        first.maps = minmax_normalize(maps) if normalize else maps
-        first.layer_maps = [m / count for m in layer_sums]
-        return first
+        inner_normalize = normalize and self.normalize_layer_maps
+        return smooth_over_transforms(
+            lambda x_t, back: self._compute_sets(x_t, [given], eigen_smooth, inner_normalize, back)[0],
+            x,
+            transforms,
+            normalize,
+        )
 
     def forward(
         self,

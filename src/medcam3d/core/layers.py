@@ -9,6 +9,7 @@ from typing import Union
 
 import torch.nn as nn
 
+from medcam3d.core.model import unwrap_compiled
 from medcam3d.errors import LayerNotFoundError
 
 __all__ = ["LayerSpec", "resolve_layers", "layer_name", "strip_compile_prefix"]
@@ -20,11 +21,6 @@ _COMPILE_PREFIX = "_orig_mod."
 def strip_compile_prefix(name: str) -> str:
     """Remove ``torch.compile``'s ``_orig_mod.`` prefixes from a module name."""
     return name.replace(_COMPILE_PREFIX, "")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
-    return inner if isinstance(inner, nn.Module) else model
 
 
 def _normalise_name(name: str) -> str:
@@ -53,7 +49,7 @@ def _walk(model: nn.Module, name: str) -> nn.Module | None:
 
 def layer_name(model: nn.Module, layer: nn.Module) -> str:
     """The dotted name of ``layer`` inside ``model`` (``""`` for the model itself)."""
-    for name, module in _unwrap(model).named_modules():
+    for name, module in unwrap_compiled(model).named_modules():
         if module is layer:
             return name
     return type(layer).__name__
@@ -75,7 +71,7 @@ def resolve_layers(
         raise LayerNotFoundError(
             "target_layers is empty: pass at least one layer (a module or a dotted name)."
         )
-    root = _unwrap(model)
+    root = unwrap_compiled(model)
     names = [n for n, _ in root.named_modules() if n]
     resolved: list[tuple[str, nn.Module]] = []
     for spec in target_layers:

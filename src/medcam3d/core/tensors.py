@@ -8,6 +8,7 @@ spatial dimensions picks anything.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ __all__ = [
     "spatial_mean",
     "spatial_sum",
     "broadcast_channels",
+    "block_pool",
+    "block_unpool",
+    "finish_layer_map",
 ]
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -124,3 +128,15 @@ def block_unpool(x: torch.Tensor, size: int, spatial: tuple[int, ...]) -> torch.
         out = out.repeat_interleave(size, dim=axis)
     index = (slice(None), slice(None), *(slice(0, s) for s in spatial))
     return out[index]
+
+
+def finish_layer_map(cam: Any, spatial: Sequence[int], normalize: bool, device: torch.device) -> torch.Tensor:
+    """The pipeline's last per-layer step: ``(N, *s)`` raw map → ``(N, *S)``.
+
+    float32 on ``device``, ReLU (non-finite values set to 0), linear resize to ``spatial``, and
+    per-sample min-max normalisation when ``normalize``.
+    """
+    out = torch.as_tensor(cam, device=device).detach().to(torch.float32)
+    out = torch.nan_to_num(out.clamp_min(0), nan=0.0, posinf=0.0)
+    out = resize_maps(out, spatial)
+    return minmax_normalize(out) if normalize else out

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from medcam3d.core.base import BaseCAM
+from medcam3d.core.context import CallContext
 from medcam3d.core.layers import LayerSpec
 from medcam3d.core.projection import first_component_projection, small_eigh
 
@@ -33,7 +34,7 @@ class EigenCAM(BaseCAM):
     uses_gradients = False
 
     def layer_map(
-        self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False
+        self, activations: torch.Tensor, grads: torch.Tensor | None, context: CallContext
     ) -> torch.Tensor:
         return first_component_projection(activations)
 
@@ -42,9 +43,7 @@ class EigenGradCAM(BaseCAM):
     """EigenGradCAM: the first principal component of gradient × activation ``G ⊙ A``
     (``(N, K, *s)`` → ``(N, *s)``), a class-discriminative EigenCAM."""
 
-    def layer_map(
-        self, activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: bool = False
-    ) -> torch.Tensor:
+    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext) -> torch.Tensor:
         return first_component_projection(grads * activations)
 
 
@@ -163,7 +162,7 @@ class KPCA_CAM(BaseCAM):
         self.seed = seed
 
     def layer_map(
-        self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False
+        self, activations: torch.Tensor, grads: torch.Tensor | None, context: CallContext
     ) -> torch.Tensor:
         return kernel_pca_projection(
             activations, self.kernel, self.gamma, landmarks=self.landmarks, seed=self.seed

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from medcam3d.core.base import BaseCAM
+from medcam3d.core.context import CallContext
 from medcam3d.core.layers import LayerSpec
-from medcam3d.core.projection import first_component_projection
 from medcam3d.core.tensors import broadcast_channels, spatial_axes
 
 __all__ = ["FEM"]
@@ -37,16 +37,12 @@ class FEM(BaseCAM):
         super().__init__(model, target_layers, reshape_transform, **kwargs)
         self.k = k
 
-    def weighted_activations(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
+    def weighted_activations(
+        self, activations: torch.Tensor, grads: torch.Tensor | None, context: CallContext
+    ) -> torch.Tensor:
         axes = spatial_axes(activations)
         mean = activations.mean(dim=axes, keepdim=True)
         std = activations.std(dim=axes, keepdim=True, unbiased=False)
         above = (activations > mean + self.k * std).to(activations.dtype)
         weights = above.mean(dim=axes)
         return broadcast_channels(weights, activations) * activations
-
-    def layer_map(
-        self, activations: torch.Tensor, grads: torch.Tensor | None, eigen_smooth: bool = False
-    ) -> torch.Tensor:
-        weighted = self.weighted_activations(activations, grads)
-        return first_component_projection(weighted) if eigen_smooth else weighted.sum(dim=1)

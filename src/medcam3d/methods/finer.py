@@ -81,6 +81,7 @@ class FinerCAM:
     ) -> None:
         self.base_cam = base_method(model, target_layers, reshape_transform, **kwargs)
         self.model = model
+        self.layer_names = list(self.base_cam.layer_names)
         self.compute_input_gradient = self.base_cam.compute_input_gradient
         self.uses_gradients = self.base_cam.uses_gradients
 
@@ -112,6 +113,26 @@ class FinerCAM:
         return self.base_cam.compute(
             input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, normalize=normalize
         )
+
+    def compute_multi(
+        self,
+        input_tensor: torch.Tensor,
+        target_sets: Sequence[Sequence[Target] | None],
+        *,
+        eigen_smooth: bool = False,
+        normalize: bool | None = None,
+        alpha: float = 1.0,
+        comparison_categories: Sequence[int] | None = None,
+        target_idx: int | None = None,
+    ) -> list[CAMResult]:
+        """Several target sets from one forward pass of the base method (see
+        :meth:`BaseCAM.compute_multi`); a ``None`` set gets FinerCAM's default targets."""
+        batch = input_tensor.shape[0]
+        sets = [
+            self.finer_targets(batch, alpha, comparison_categories, target_idx) if t is None else list(t)
+            for t in target_sets
+        ]
+        return self.base_cam.compute_multi(input_tensor, sets, eigen_smooth=eigen_smooth, normalize=normalize)
 
     def forward(
         self,

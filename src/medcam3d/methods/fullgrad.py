@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,13 +28,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from medcam3d.core.base import BaseCAM, CAMResult, Target
+from medcam3d.core.base import BaseCAM
+from medcam3d.core.checks import select_output
+from medcam3d.core.context import CallContext
 from medcam3d.core.layers import LayerSpec
 from medcam3d.core.projection import first_component_projection
 from medcam3d.core.taps import LayerTaps
 from medcam3d.core.tensors import minmax_normalize
 
-__all__ = ["FullGrad", "bias_layers"]
+__all__ = ["FullGrad", "FullGradContext", "bias_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +68,34 @@ def _per_channel_minmax_sum(x: torch.Tensor) -> torch.Tensor:
     return minmax_normalize(x.reshape(n * k, *x.shape[2:])).reshape(x.shape).sum(dim=1)
 
 
+@dataclass
+class FullGradContext(CallContext):
+    """FullGrad's call state: the statistics each normalisation layer used in this forward pass, and
+    the input-gradient term of the target set being processed."""
+
+    norm_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    input_term: torch.Tensor | None = None
+
+
+def _full_grad_context(context: CallContext) -> FullGradContext:
+    if not isinstance(context, FullGradContext):
+        raise TypeError("FullGrad's hooks run inside FullGrad's own pipeline (a FullGradContext).")
+    return context
+
+
 class FullGrad(BaseCAM):
     """FullGrad saliency (Srinivas & Fleuret, 2019) for networks of any dimensionality.
 
     ``target_layers`` is ignored (as pytorch-grad-cam): every bias layer of the model is used
     (:func:`bias_layers`). Bias layers that do not run in the forward pass or do not reach the
-    chosen output (deep-supervision heads) contribute nothing. Output ``(N, *S)``.
-    ``eigen_smooth=True`` projects the stack of per-layer terms (and the input term) on its first
-    principal component instead of summing it.
+    chosen output (deep-supervision heads) contribute nothing. Output ``(N, *S)``; the layer maps
+    are the raw per-layer terms (not rescaled). ``eigen_smooth=True`` projects the stack of
+    per-layer terms (and the input term) on its first principal component instead of summing it.
     """
+
+    #: the terms are summed raw; only the sum is normalised
+    normalize_layer_maps = False
+    context_type = FullGradContext
 
     def __init__(
         self,
@@ -91,41 +113,38 @@ class FullGrad(BaseCAM):
             )
         kwargs.pop("compute_input_gradient", None)
         super().__init__(model, layers, reshape_transform, compute_input_gradient=True, **kwargs)
-        self._norm_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._input_term: torch.Tensor | None = None
-        self._eigen_smooth = False
 
     # ------------------------------------------------------------------ effective biases
-    def _record_stats(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].detach().float()
+    @staticmethod
+    def _layer_stats(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, var)`` a normalisation layer uses for its input ``x`` ``(N, K, *s)``."""
+        x = x.detach().float()
         n, k = x.shape[:2]
         if isinstance(module, nn.GroupNorm):
             grouped = x.reshape(n, module.num_groups, -1)
             mean = grouped.mean(dim=2).repeat_interleave(k // module.num_groups, dim=1)
             var = grouped.var(dim=2, unbiased=False).repeat_interleave(k // module.num_groups, dim=1)
-        else:
-            assert isinstance(module, (_BatchNorm, _InstanceNorm))
-            flat = x.reshape(n, k, -1)
-            per_sample = isinstance(module, _InstanceNorm)
-            uses_batch_stats = module.training or module.running_mean is None
-            if isinstance(module, _InstanceNorm):
-                uses_batch_stats = module.training or not module.track_running_stats
-            if not uses_batch_stats:
-                assert module.running_mean is not None and module.running_var is not None
-                mean, var = module.running_mean.float()[None], module.running_var.float()[None]
-            elif per_sample:
-                mean, var = flat.mean(dim=2), flat.var(dim=2, unbiased=False)
-            else:
-                mean = flat.mean(dim=(0, 2))[None]
-                var = flat.transpose(0, 1).reshape(k, -1).var(dim=1, unbiased=False)[None]
-        self._norm_stats[id(module)] = (mean, var)
+            return mean, var
+        assert isinstance(module, (_BatchNorm, _InstanceNorm))
+        flat = x.reshape(n, k, -1)
+        per_sample = isinstance(module, _InstanceNorm)
+        uses_batch_stats = module.training or module.running_mean is None
+        if isinstance(module, _InstanceNorm):
+            uses_batch_stats = module.training or not module.track_running_stats
+        if not uses_batch_stats:
+            assert module.running_mean is not None and module.running_var is not None
+            return module.running_mean.float()[None], module.running_var.float()[None]
+        if per_sample:
+            return flat.mean(dim=2), flat.var(dim=2, unbiased=False)
+        mean = flat.mean(dim=(0, 2))[None]
+        return mean, flat.transpose(0, 1).reshape(k, -1).var(dim=1, unbiased=False)[None]
 
-    def effective_bias(self, module: nn.Module) -> torch.Tensor:
-        """Bias of ``module`` in this forward pass, ``(1, K)`` or ``(N, K)`` (per-sample statistics)."""
+    def effective_bias(self, module: nn.Module, context: FullGradContext) -> torch.Tensor:
+        """Bias of ``module`` in this call's forward pass, ``(1, K)`` or ``(N, K)`` (per-sample statistics)."""
         if isinstance(module, _ConvNd):
             assert module.bias is not None
             return module.bias.detach().float()[None]
-        mean, var = self._norm_stats[id(module)]
+        mean, var = context.norm_stats[id(module)]
         eps = float(getattr(module, "eps", 1e-5))
         weight = getattr(module, "weight", None)
         bias = getattr(module, "bias", None)
@@ -133,82 +152,61 @@ class FullGrad(BaseCAM):
         beta = bias.detach().float()[None] if bias is not None else torch.zeros_like(mean)
         return beta - gamma * mean / torch.sqrt(var + eps)
 
-    # ------------------------------------------------------------------ pipeline overrides
-    def _forward(self, input_tensor: torch.Tensor, taps: LayerTaps) -> tuple[torch.Tensor, Any]:
-        with taps:
-            raw_output = self.model(input_tensor)
-        output = self._select_output(raw_output)
-        shape_tail = [1] * (input_tensor.ndim - 2)
+    # ------------------------------------------------------------------ pipeline hooks
+    def _forward(self, context: CallContext, taps: LayerTaps) -> tuple[torch.Tensor, Any]:
+        state = _full_grad_context(context)
+        x = context.input_tensor
+
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            state.norm_stats[id(module)] = self._layer_stats(module, inputs[0])
+
+        handles = [m.register_forward_pre_hook(record) for _, m in self.layers if isinstance(m, _NORMS)]
+        try:
+            with taps:
+                raw_output = self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        output = select_output(raw_output, self.output_index)
+        shape_tail = [1] * (x.ndim - 2)
         for name, module in self.layers:
             if name not in taps.activations:  # did not run: contributes nothing
                 taps.activations[name] = torch.zeros(
-                    (input_tensor.shape[0], _channels(module), *shape_tail),
-                    device=input_tensor.device,
-                    requires_grad=True,
+                    (x.shape[0], _channels(module), *shape_tail), device=x.device, requires_grad=True
                 )
         return output, raw_output
 
     def _gradients(
-        self, scores: torch.Tensor, activations: list[torch.Tensor], retain_graph: bool = False
+        self,
+        context: CallContext,
+        scores: torch.Tensor,
+        activations: list[torch.Tensor],
+        retain_graph: bool = False,
     ) -> list[torch.Tensor]:
-        x = self._input
-        assert x is not None
+        state = _full_grad_context(context)
+        x = context.input_tensor
         grads = torch.autograd.grad(
             scores.sum(), [*activations, x], allow_unused=True, retain_graph=True if retain_graph else None
         )
         input_grad = grads[-1] if grads[-1] is not None else torch.zeros_like(x)
-        self._input_term = _per_channel_minmax_sum((input_grad.detach() * x.detach()).abs().float())
+        state.input_term = _per_channel_minmax_sum((input_grad.detach() * x.detach()).abs().float())
         return [
             g.detach() if g is not None else torch.zeros_like(a).detach()
             for g, a in zip(grads[:-1], activations)
         ]
 
-    def layer_map(
-        self, activations: torch.Tensor, grads: torch.Tensor, eigen_smooth: bool = False
-    ) -> torch.Tensor:
-        ctx = self.context
-        assert ctx is not None
-        bias = self.effective_bias(ctx.layer).to(grads.device)
+    def layer_map(self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext) -> torch.Tensor:
+        bias = self.effective_bias(context.current_layer(), _full_grad_context(context)).to(grads.device)
         bias = bias.reshape(*bias.shape, *([1] * (grads.ndim - 2)))
         return _per_channel_minmax_sum((grads.float() * bias).abs())
 
-    def aggregate_multi_layers(self, layer_maps: list[torch.Tensor], normalize: bool) -> torch.Tensor:
+    def _aggregate(self, context: CallContext, layer_maps: list[torch.Tensor]) -> torch.Tensor:
         """Sum of the input term and every layer's term ``(N, *S)`` (or their first principal component)."""
-        assert self._input_term is not None
-        terms = [self._input_term, *(m.clamp_min(0) for m in layer_maps)]
-        if self._eigen_smooth:
+        input_term = _full_grad_context(context).input_term
+        assert input_term is not None
+        terms = [input_term, *(m.clamp_min(0) for m in layer_maps)]
+        if context.eigen_smooth:
             total = first_component_projection(torch.stack(terms, dim=1)).clamp_min(0)
         else:
             total = torch.stack(terms, dim=0).sum(dim=0)
-        return minmax_normalize(total) if normalize else total
-
-    def compute(
-        self,
-        input_tensor: torch.Tensor,
-        targets: Sequence[Target] | None = None,
-        *,
-        aug_smooth: bool = False,
-        eigen_smooth: bool = False,
-        normalize: bool | None = None,
-    ) -> CAMResult:
-        """As :meth:`BaseCAM.compute`; layer maps are the raw per-layer terms (not rescaled)."""
-        normalize = self.normalize if normalize is None else normalize
-        handles = [
-            module.register_forward_pre_hook(self._record_stats)
-            for _, module in self.layers
-            if isinstance(module, _NORMS)
-        ]
-        self._eigen_smooth = eigen_smooth
-        try:
-            result = super().compute(
-                input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, normalize=False
-            )
-        finally:
-            for handle in handles:
-                handle.remove()
-            self._norm_stats.clear()
-            self._input_term = None
-            self._eigen_smooth = False
-        if normalize:
-            result.maps = minmax_normalize(result.maps)
-        return result
+        return minmax_normalize(total) if context.normalize else total

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from medcam3d.core.base import BaseCAM
+from medcam3d.core.context import CallContext
 from medcam3d.core.layers import LayerSpec
 from medcam3d.core.tensors import block_pool, block_unpool, spatial_mean, spatial_sum
 
@@ -30,21 +31,25 @@ __all__ = [
 class GradCAM(BaseCAM):
     """Channel weights = spatial mean of the gradients (Selvaraju et al., 2017): ``w_k = mean(G_k)``."""
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext) -> torch.Tensor:
         return spatial_mean(grads)
 
 
 class HiResCAM(BaseCAM):
     """Element-wise gradient × activation, summed over channels (Draelos & Carin, 2020): ``Σ_k G_k ⊙ A_k``."""
 
-    def weighted_activations(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def weighted_activations(
+        self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext
+    ) -> torch.Tensor:
         return grads * activations
 
 
 class GradCAMElementWise(BaseCAM):
     """Element-wise product with a ReLU before the channel sum: ``Σ_k ReLU(G_k ⊙ A_k)``."""
 
-    def weighted_activations(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def weighted_activations(
+        self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext
+    ) -> torch.Tensor:
         return torch.relu(grads * activations)
 
 
@@ -72,7 +77,7 @@ class GradCAMPlusPlus(BaseCAM):
             raise ValueError(f"variant must be 'paper' or 'monai', got {variant!r}.")
         self.variant = variant
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext) -> torch.Tensor:
         g2 = grads.pow(2)
         g3 = g2 * grads
         shape = (*activations.shape[:2], *([1] * (activations.ndim - 2)))
@@ -90,14 +95,16 @@ class GradCAMPlusPlus(BaseCAM):
 class XGradCAM(BaseCAM):
     """XGrad-CAM (Fu et al., 2020): ``w_k = Σ(G_k ⊙ A_k) / (Σ A_k + ε)``."""
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext) -> torch.Tensor:
         return spatial_sum(grads * activations) / (spatial_sum(activations) + 1e-7)
 
 
 class LayerCAM(BaseCAM):
     """LayerCAM (Jiang et al., 2021): ``Σ_k ReLU(G_k) ⊙ A_k``."""
 
-    def weighted_activations(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def weighted_activations(
+        self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext
+    ) -> torch.Tensor:
         return torch.relu(grads) * activations
 
 
@@ -128,7 +135,9 @@ class SegXResCAM(BaseCAM):
         self.pool_size = pool_size
         self.pool_mode = pool_mode
 
-    def weighted_activations(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    def weighted_activations(
+        self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext
+    ) -> torch.Tensor:
         if self.pool_size is not None and self.pool_size > 1:
             pooled = block_pool(grads, self.pool_size, self.pool_mode)
             grads = block_unpool(pooled, self.pool_size, tuple(grads.shape[2:]))
@@ -155,7 +164,9 @@ class RandomCAM(BaseCAM):
         super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
         self.seed = seed
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
+    def weights(
+        self, activations: torch.Tensor, grads: torch.Tensor | None, context: CallContext
+    ) -> torch.Tensor:
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=activations.device).manual_seed(self.seed)

@@ -14,6 +14,7 @@ derivative, which is 1 wherever ``x > 0``. Activations called as functions (``F.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
@@ -21,12 +22,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from medcam3d.core.base import CAMResult, Target, _ModelState, model_device, select_output
+from medcam3d.core.checks import check_gradients_allowed, check_input, select_output
+from medcam3d.core.context import CallContext, CAMResult, Target
 from medcam3d.core.layers import LayerSpec
+from medcam3d.core.model import conv_spatial_rank, model_device, model_state
 from medcam3d.core.taps import LayerTaps
 from medcam3d.core.targets import ClassifierOutputTarget
 from medcam3d.core.tensors import minmax_normalize
-from medcam3d.errors import InputShapeError, TargetError
+from medcam3d.errors import TargetError
 from medcam3d.methods.gradient import GradCAM
 
 __all__ = ["GuidedBackpropHooks", "guided_backprop", "GuidedBackpropReLUModel", "GuidedGradCAM"]
@@ -129,23 +132,18 @@ def guided_backprop(
         ``(N, C, *S)`` gradient image on the model's device (detached). The model's flags,
         ``requires_grad`` and hooks are restored, also when this raises.
     """
-    if not isinstance(input_tensor, torch.Tensor) or input_tensor.ndim < 3:
-        raise InputShapeError("input_tensor must be a tensor (N, C, *spatial).")
-    device = model_device(model, input_tensor.device)
-    state = _ModelState(model, eval_mode, freeze_parameters=True)
-    try:
-        with torch.enable_grad():
-            x = input_tensor.detach().to(device).requires_grad_(True)
-            with GuidedBackpropHooks(model):
-                output = select_output(model(x), output_index)
-                target_list = _as_targets(targets, output)
-                score = torch.stack(
-                    [torch.as_tensor(t(output[i])).sum() for i, t in enumerate(target_list)]
-                ).sum()
-                (grad,) = torch.autograd.grad(score, x)
-        return grad.detach()
-    finally:
-        state.restore()
+    check_gradients_allowed()
+    x = check_input(input_tensor, model, conv_spatial_rank(model))
+    with model_state(model, eval_mode, freeze_parameters=True), torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        with GuidedBackpropHooks(model):
+            output = select_output(model(x), output_index)
+            target_list = _as_targets(targets, output)
+            score = torch.stack(
+                [torch.as_tensor(t(output[i])).sum() for i, t in enumerate(target_list)]
+            ).sum()
+            (grad,) = torch.autograd.grad(score, x)
+    return grad.detach()
 
 
 class GuidedBackpropReLUModel:
@@ -169,14 +167,27 @@ class GuidedBackpropReLUModel:
         return grad.to("cpu", torch.float32).numpy()
 
 
+@dataclass
+class GuidedContext(CallContext):
+    """Guided Grad-CAM's call state: the guidance hooks and the guided gradient of the current set."""
+
+    hooks: GuidedBackpropHooks | None = None
+    guided: torch.Tensor | None = None
+
+
 class GuidedGradCAM(GradCAM):
     """Guided Grad-CAM (Selvaraju et al., 2017): guided backpropagation × the Grad-CAM map, N-D.
 
     ``channel_reduction="abs-sum"`` (default) returns ``(N, *S)``: ``Σ_c |guided_c| · CAM``,
     min-max normalised per sample like every map (unless ``normalize=False``).
     ``channel_reduction=None`` returns the signed ``(N, C, *S)`` product ``guided · CAM`` (not
-    normalised). ``CAMResult.layer_maps`` hold the Grad-CAM maps.
+    normalised). ``CAMResult.layer_maps`` hold the Grad-CAM maps. Grad-CAM and the guided gradient
+    come from **one** forward pass (two backward passes); with ``aug_smooth`` the Grad-CAM map is
+    averaged over the test-time transforms and the guided gradient is taken once, on the
+    untransformed input.
     """
+
+    context_type = GuidedContext
 
     def __init__(
         self,
@@ -189,32 +200,64 @@ class GuidedGradCAM(GradCAM):
     ) -> None:
         super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
         self.compute_input_gradient = True  # the guided pass differentiates with respect to the input
-        self._hooks: GuidedBackpropHooks | None = None
-        self._guided: torch.Tensor | None = None
         if channel_reduction not in ("abs-sum", None):
             raise ValueError(f"channel_reduction must be 'abs-sum' or None, got {channel_reduction!r}.")
         self.channel_reduction = channel_reduction
 
-    def _forward(self, input_tensor: torch.Tensor, taps: LayerTaps) -> tuple[torch.Tensor, Any]:
+    @staticmethod
+    def _state(context: CallContext) -> GuidedContext:
+        if not isinstance(context, GuidedContext):
+            raise TypeError("GuidedGradCAM's hooks run inside its own pipeline (a GuidedContext).")
+        return context
+
+    def _forward(self, context: CallContext, taps: LayerTaps) -> tuple[torch.Tensor, Any]:
         # The forward pass installs the guidance hooks switched off: the Grad-CAM gradient flows
         # through ordinary rectifiers, then _gradients switches them on for the guided pass.
-        self._hooks = GuidedBackpropHooks(self.model, active=False)
-        with self._hooks:
-            return super()._forward(input_tensor, taps)
+        state = self._state(context)
+        state.hooks = GuidedBackpropHooks(self.model, active=False)
+        with state.hooks:
+            return super()._forward(context, taps)
 
     def _gradients(
-        self, scores: torch.Tensor, activations: list[torch.Tensor], retain_graph: bool = False
+        self,
+        context: CallContext,
+        scores: torch.Tensor,
+        activations: list[torch.Tensor],
+        retain_graph: bool = False,
     ) -> list[torch.Tensor]:
-        grads = super()._gradients(scores, activations, retain_graph=True)
-        x, hooks = self._input, self._hooks
-        assert x is not None and hooks is not None
+        state = self._state(context)
+        grads = super()._gradients(context, scores, activations, retain_graph=True)
+        hooks = state.hooks
+        assert hooks is not None
         hooks.active = True
         try:
-            (guided,) = torch.autograd.grad(scores.sum(), x, retain_graph=True if retain_graph else None)
+            (guided,) = torch.autograd.grad(
+                scores.sum(), context.input_tensor, retain_graph=True if retain_graph else None
+            )
         finally:
             hooks.active = False
-        self._guided = guided.detach()
+        state.guided = guided.detach()
         return grads
+
+    def _combine(self, guided: torch.Tensor, result: CAMResult, normalize: bool) -> CAMResult:
+        product = guided * result.maps.unsqueeze(1).to(guided.dtype)
+        if self.channel_reduction == "abs-sum":
+            reduced = product.abs().sum(dim=1)
+            result.maps = minmax_normalize(reduced) if normalize else reduced
+        else:
+            result.maps = product
+        return result
+
+    def _finalize(self, context: CallContext, result: CAMResult) -> CAMResult:
+        state = self._state(context)
+        if context.output_transform is not None:  # an aug_smooth pass: combined once, after smoothing
+            return result
+        assert state.guided is not None
+        return self._combine(state.guided, result, context.normalize)
+
+    def _release(self, context: CallContext) -> None:
+        state = self._state(context)
+        state.hooks, state.guided = None, None
 
     def compute(
         self,
@@ -225,36 +268,12 @@ class GuidedGradCAM(GradCAM):
         eigen_smooth: bool = False,
         normalize: bool | None = None,
     ) -> CAMResult:
-        """Grad-CAM and guided backpropagation from **one** forward pass (two backward passes).
-
-        With ``aug_smooth`` the Grad-CAM map is averaged over the test-time transforms and the guided
-        gradient is taken once, on the untransformed input.
-        """
-        normalize = self.normalize if normalize is None else normalize
-        self._guided = None
-        try:
-            result = super().compute(
-                input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, normalize=normalize
-            )
-            if aug_smooth:
-                target_list = list(targets) if targets is not None else self.default_targets(result.output)
-                guided = guided_backprop(
-                    self.model,
-                    self._check_input(input_tensor),
-                    target_list,
-                    self.output_index,
-                    self.eval_mode,
-                )
-            else:
-                assert self._guided is not None
-                guided = self._guided
-        finally:
-            self._guided = None
-            self._hooks = None
-        product = guided * result.maps.unsqueeze(1).to(guided.dtype)
-        if self.channel_reduction == "abs-sum":
-            reduced = product.abs().sum(dim=1)
-            result.maps = minmax_normalize(reduced) if normalize else reduced
-        else:
-            result.maps = product
-        return result
+        """As :meth:`BaseCAM.compute`; maps are guided gradient × Grad-CAM (see the class)."""
+        result = super().compute(
+            input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, normalize=normalize
+        )
+        if not aug_smooth:
+            return result
+        target_list = list(targets) if targets is not None else self.default_targets(result.output)
+        guided = guided_backprop(self.model, input_tensor, target_list, self.output_index, self.eval_mode)
+        return self._combine(guided, result, self._resolve_normalize(normalize))

@@ -20,6 +20,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from medcam3d.core.base import BaseCAM
+from medcam3d.core.checks import select_output
+from medcam3d.core.context import CallContext
 from medcam3d.core.layers import LayerSpec
 from medcam3d.core.tensors import resize_maps, spatial_mean
 
@@ -121,16 +123,19 @@ class PerturbationCAM(BaseCAM):
 
     def _row_scores(
         self,
+        context: CallContext,
         raw_output: Any,
-        targets: Sequence[Callable[[torch.Tensor], Any]],
         samples: torch.Tensor,
         transform: bool = True,
     ) -> torch.Tensor:
-        """Score of each row of a perturbed batch: ``targets[samples[r]](output[r])`` → ``(B,)``."""
-        output = self._select_output(raw_output)
-        ctx = self.context
-        if transform and ctx is not None and ctx.output_transform is not None:
-            output = ctx.output_transform(output)
+        """Score of each row of a perturbed batch: ``targets[samples[r]](output[r])`` → ``(B,)``.
+
+        The output is mapped back to the targets' frame first (``aug_smooth``) when ``transform``.
+        """
+        output = select_output(raw_output, self.output_index)
+        if transform and context.output_transform is not None:
+            output = context.output_transform(output)
+        targets = context.targets
         scores = []
         for row, sample in enumerate(samples.tolist()):
             value = targets[sample](output[row])
@@ -150,10 +155,10 @@ class ScoreCAM(PerturbationCAM):
     :class:`PerturbationCAM` for chunking and the memory budget.
     """
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
-        ctx = self.context
-        assert ctx is not None
-        x = ctx.input_tensor
+    def weights(
+        self, activations: torch.Tensor, grads: torch.Tensor | None, context: CallContext
+    ) -> torch.Tensor:
+        x = context.input_tensor
         n, k = activations.shape[:2]
         selected = self.channel_selection(activations)  # (N, k')
         chosen = selected.shape[1]
@@ -185,18 +190,18 @@ class ScoreCAM(PerturbationCAM):
                     perturbed = x[rows_s] * masks.to(x.dtype)
                     if need_zero and zero_output is None:  # the zero input rides along in the first chunk
                         perturbed = torch.cat([perturbed, torch.zeros_like(x[:1])])
-                        output = self._select_output(self.model(perturbed))
+                        output = select_output(self.model(perturbed), self.output_index)
                         zero_output = output[-1:]
-                        scores[jobs] = self._row_scores(output[:-1], ctx.targets, rows_s)
+                        scores[jobs] = self._row_scores(context, output[:-1], rows_s)
                     else:
-                        scores[jobs] = self._row_scores(self.model(perturbed), ctx.targets, rows_s)
+                        scores[jobs] = self._row_scores(context, self.model(perturbed), rows_s)
             if need_zero:
                 if zero_output is None:
-                    zero_output = self._select_output(self.model(torch.zeros_like(x[:1])))
-                if ctx.output_transform is not None:
-                    zero_output = ctx.output_transform(zero_output)
+                    zero_output = select_output(self.model(torch.zeros_like(x[:1])), self.output_index)
+                if context.output_transform is not None:
+                    zero_output = context.output_transform(zero_output)
                 zero_scores = torch.stack(
-                    [torch.as_tensor(ctx.targets[i](zero_output[0])).sum().float() for i in range(n)]
+                    [torch.as_tensor(context.targets[i](zero_output[0])).sum().float() for i in range(n)]
                 )
                 scores[constant] = zero_scores[samples[constant]]
         weights = torch.zeros(n, k, dtype=torch.float32, device=x.device)
@@ -237,13 +242,13 @@ class AblationCAM(PerturbationCAM):
             return spatial_mean(activations).topk(k, dim=1).indices.sort(dim=1).values
         return super().channel_selection(activations)
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
-        ctx = self.context
-        assert ctx is not None
-        x = ctx.input_tensor
+    def weights(
+        self, activations: torch.Tensor, grads: torch.Tensor | None, context: CallContext
+    ) -> torch.Tensor:
+        x = context.input_tensor
         n, k = activations.shape[:2]
         original = self._row_scores(
-            ctx.output, ctx.targets, torch.arange(n, device=x.device), transform=False
+            context, context.target_output(), torch.arange(n, device=x.device), transform=False
         )
         selected = self.channel_selection(activations)
         chosen = selected.shape[1]
@@ -261,13 +266,13 @@ class AblationCAM(PerturbationCAM):
             out[rows, current["channels"]] = value
             return out.movedim(1, channel_axis)
 
-        handle = ctx.layer.register_forward_hook(ablate)
+        handle = context.current_layer().register_forward_hook(ablate)
         try:
             with torch.inference_mode():
                 for start, stop in self._chunks(n * chosen, size, "AblationCAM"):
                     rows_s = samples[start:stop]
                     current["channels"] = channels[start:stop]
-                    scores[start:stop] = self._row_scores(self.model(x[rows_s]), ctx.targets, rows_s)
+                    scores[start:stop] = self._row_scores(context, self.model(x[rows_s]), rows_s)
         finally:
             handle.remove()
         ablated = torch.zeros(n, k, dtype=torch.float32, device=x.device) + original[:, None]

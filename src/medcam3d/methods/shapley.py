@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+
 import torch
 
 from medcam3d.core.base import BaseCAM
+from medcam3d.core.context import CallContext
 from medcam3d.core.tensors import spatial_mean
 
-__all__ = ["ShapleyCAM"]
+__all__ = ["ShapleyCAM", "ShapleyContext"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ShapleyContext(CallContext):
+    """ShapleyCAM's call state: the second-order graphs kept alive until the end of the call."""
+
+    graphs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 class ShapleyCAM(BaseCAM):
@@ -22,30 +35,33 @@ class ShapleyCAM(BaseCAM):
     """
 
     create_graph = True
+    #: the second-order graph of one target set is freed at the end of its call
+    shares_forward_pass = False
+    context_type = ShapleyContext
 
-    def weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        ctx = self.context
-        if ctx is None or ctx.layer_name == self.layer_names[0]:
-            self._graphs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    def weights(self, activations: torch.Tensor, grads: torch.Tensor, context: CallContext) -> torch.Tensor:
         hvp: torch.Tensor | None = None
         if grads.requires_grad and activations.requires_grad:
             (hvp,) = torch.autograd.grad(
                 grads, activations, grad_outputs=activations.detach(), retain_graph=True, allow_unused=True
             )
-            self._graphs.append((grads, activations))
-        if ctx is None or ctx.layer_name == self.layer_names[-1]:
-            self._release_graphs()
+            if isinstance(context, ShapleyContext):
+                context.graphs.append((grads, activations))
         grads = grads.detach()
         if hvp is None:
             return spatial_mean(grads)
         return spatial_mean(grads - 0.5 * hvp.detach())
 
-    def _release_graphs(self) -> None:
+    def _release(self, context: CallContext) -> None:
         """Run one last backward pass without ``retain_graph`` through every second-order graph of
         this call, which frees their saved tensors (a ``create_graph`` graph is not always freed
         by dropping the references alone)."""
-        graphs, self._graphs = getattr(self, "_graphs", []), []
-        if graphs:
+        if not isinstance(context, ShapleyContext) or not context.graphs:
+            return
+        graphs, context.graphs = context.graphs, []
+        try:
             torch.autograd.grad(
                 [g.sum() for g, _ in graphs], [a for _, a in graphs], allow_unused=True, retain_graph=False
             )
+        except RuntimeError as error:  # the call failed half-way: the references go with the context
+            logger.debug("ShapleyCAM could not run its releasing backward pass: %s", error)

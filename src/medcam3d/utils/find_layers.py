@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from medcam3d.core.base import _first_conv_rank, model_device
 from medcam3d.core.layers import strip_compile_prefix
+from medcam3d.core.model import conv_spatial_rank, model_device, unwrap_compiled
 from medcam3d.errors import InputShapeError, LayerNotFoundError
 
 __all__ = [
@@ -48,7 +48,7 @@ def _as_input(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> to
     else:
         shape = tuple(int(s) for s in input_shape)
         x = torch.zeros(shape)
-    expected = _first_conv_rank(model)
+    expected = conv_spatial_rank(model)
     if not 3 <= x.ndim <= 5 or (expected is not None and x.ndim - 2 != expected):
         raise InputShapeError(
             f"Give the full input shape, with batch and channel axes: (N, C, D, H, W) for a 3D model, "
@@ -62,7 +62,7 @@ def list_layers(model: nn.Module, input_shape: Sequence[int] | torch.Tensor) -> 
     in the order its forward finished, with its output shape for an input of ``input_shape``
     (e.g. ``(1, 1, 64, 64, 64)``). Layers that did not run are listed last with ``order=-1``."""
     x = _as_input(model, input_shape)
-    root = getattr(model, "_orig_mod", model)
+    root = unwrap_compiled(model)
     seen: dict[str, tuple[tuple[int, ...] | None, int]] = {}
     counter = [0]
     handles = []
