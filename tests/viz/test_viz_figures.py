@@ -278,8 +278,8 @@ def test_mask_is_drawn_as_contours_with_a_legend(tmp_path: Path) -> None:
     magenta = (rgb[..., 0] > 0.8) & (rgb[..., 2] > 0.8) & (rgb[..., 1] < 0.4)
     third = round((12 - 0.9) / 3 * 120)  # panel width: the legend takes 0.9 inch on the right
     assert lime[:, :third].sum() > 20 and magenta[:, :third].sum() > 20
-    assert magenta[:, third : 3 * third].sum() == 0  # label 2 is not in the coronal and sagittal planes
-    assert magenta[:, 3 * third :].sum() > 5  # its legend entry
+    assert lime[:, third : 3 * third].sum() == 0  # label 2 is not in the coronal and sagittal planes
+    assert lime[:, 3 * third :].sum() > 5  # its legend entry
 
 
 def test_montage_and_mip_outline_the_mask() -> None:

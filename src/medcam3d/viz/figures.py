@@ -27,15 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from medcam3d._atomic import atomic_path, check_output_file, write_bytes_atomic
 from medcam3d.errors import ConfigurationError, GeometryError, InputShapeError, OutputPathError, require_extra
 from medcam3d.io.geometry import Geometry
-from medcam3d.viz._output import (
-    describe_extent,
-    overlaps,
-    refuse_existing,
-    volume_and_geometry,
-    write_atomically,
-)
+from medcam3d.viz._volumes import describe_extent, overlaps, volume_and_geometry
 from medcam3d.viz.overlay import DEFAULT_THRESHOLD, Label, mask_labels, overlay, resolve_threshold
 from medcam3d.viz.planes import (
     PLANE_NAMES,
@@ -275,7 +270,7 @@ def _figure_path(out_path: str | os.PathLike[str], overwrite: bool) -> Path:
     out = Path(out_path)
     if out.suffix.lower() not in FIGURE_ENDINGS:
         raise OutputPathError(f"Cannot write a figure to {out}: use one of {', '.join(FIGURE_ENDINGS)}.")
-    return refuse_existing(out, overwrite)
+    return check_output_file(out, overwrite)  # early, before the drawing; atomic_path checks again
 
 
 def _save(fig: Any, out: Path, dpi: float, overwrite: bool) -> Path:
@@ -289,16 +284,12 @@ def _save(fig: Any, out: Path, dpi: float, overwrite: bool) -> Path:
     elif fmt == "jpeg":
         metadata = {}
 
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, dpi=dpi, format=fmt, metadata=metadata or None, facecolor=fig.get_facecolor())
-
-    def check(tmp: Path) -> None:  # what was written is a whole file of the right kind
+    def check(tmp: Path) -> bool:  # a non-empty file of the right kind
         with open(tmp, "rb") as handle:
-            head = handle.read(8)
-        if not head.startswith(_MAGIC[fmt]):
-            raise OutputPathError(f"Writing {out} produced an incomplete file; check the disk and try again.")
+            return tmp.stat().st_size > 0 and handle.read(8).startswith(_MAGIC[fmt])
 
-    write_atomically(out, overwrite, write, check)
+    with atomic_path(out, overwrite=overwrite, verify=check) as tmp:  # OSError -> OutputPathError there
+        fig.savefig(tmp, dpi=dpi, format=fmt, metadata=metadata or None, facecolor=fig.get_facecolor())
     logger.info("Wrote %s", out)
     return out
 
@@ -912,10 +903,6 @@ def save_slice_pngs(
         matplotlib.image.imsave(buffer, (np.round(rgb * 255)).astype(np.uint8), format="png")
         encoded.append(buffer.getvalue())
     for data, target in zip(encoded, targets):
-
-        def write(tmp: Path, data: bytes = data) -> None:
-            tmp.write_bytes(data)
-
-        write_atomically(target, overwrite, write)
+        write_bytes_atomic(target, data, overwrite)  # read back and compared before the rename
     logger.info("Wrote %d slice PNGs to %s", len(targets), folder)
     return targets

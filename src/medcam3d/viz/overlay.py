@@ -32,10 +32,11 @@ logger = logging.getLogger(__name__)
 #: Default threshold, as a fraction of the map's range above its minimum (figures and viewer).
 DEFAULT_THRESHOLD = 0.2
 
-#: Contour / label colours of the ground truth, label 1 first (they stand out on gray and on "jet").
+#: Contour / label colours of the ground truth, label 1 first (magenta first: it is in no common
+#: map colormap, so it stands out on "jet", "hot" and gray alike).
 LABEL_COLOURS: tuple[str, ...] = (
-    "#00ff00",  # lime
     "#ff00ff",  # magenta
+    "#00ff00",  # lime
     "#00ffff",  # cyan
     "#ffffff",  # white
     "#ffff00",  # yellow

@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from medcam3d._atomic import check_output_file, write_bytes_atomic
 from medcam3d.errors import ConfigurationError, GeometryError, InputFileError, OutputPathError, require_extra
 from medcam3d.io.geometry import Geometry
-from medcam3d.viz._output import describe_extent, overlaps, refuse_existing, write_atomically
+from medcam3d.viz._volumes import describe_extent, overlaps
 from medcam3d.viz.overlay import DEFAULT_THRESHOLD
 from medcam3d.viz.overlay import mask_labels as labels_of
 from medcam3d.viz.windowing import window_limits
@@ -248,17 +249,6 @@ def _json_for_script(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _shell(labels: np.ndarray) -> np.ndarray:
-    """The label voxels with a 6-neighbour of another value: in any plane, the labels' outlines."""
-    padded = np.pad(labels, 1, mode="constant")
-    inner = np.ones(labels.shape, dtype=bool)
-    core = padded[1:-1, 1:-1, 1:-1]
-    for axis in range(3):
-        for step in (-1, 1):
-            inner &= np.roll(padded, step, axis=axis)[1:-1, 1:-1, 1:-1] == core
-    return np.where(inner, 0, labels).astype(labels.dtype)
-
-
 def _grid_entry(geometry: Geometry) -> dict[str, Any]:
     return {
         "affine": geometry.affine.tolist(),
@@ -383,9 +373,8 @@ def viewer_html(
         label_map = np.asarray(mask_array).astype(dtype)
         label_map, mask_geometry, reduced = _budget(label_map, mask_geometry, max_voxels, "mask", labels=True)
         downsampled.append(reduced)
-        shown_mask = _shell(label_map) if mask_style == "outline" else label_map
-        truth = {
-            "data": _nifti_base64(shown_mask, mask_geometry.affine, intent_label=True),
+        truth = {  # the page draws the outline (voxels with a 6-neighbour of another label) itself
+            "data": _nifti_base64(label_map, mask_geometry.affine, intent_label=True),
             **_grid_entry(mask_geometry),
             "style": mask_style,
             "labels": [
@@ -459,7 +448,8 @@ def write_viewer(
         mask: the ground truth (same forms as ``image``; boolean mask or integer label map, 0 =
             background), shown as a label layer that can be switched off.
         mask_labels: ``{label: name}`` shown in the page's legend (default ``"mask"`` / ``"label k"``).
-        mask_style: ``"outline"`` (the labels' boundary voxels; default) or ``"fill"``.
+        mask_style: initial style, ``"outline"`` (the labels' boundary voxels: those with a
+            6-neighbour of another value; default) or ``"fill"``; the page can switch.
         max_voxels: per embedded volume; larger volumes are embedded downsampled (block means, the
             geometry adjusted so they stay in place in world space) with a logged warning.
             ``None`` embeds full resolution (pages of a CT-sized pair then reach hundreds of MB).
@@ -476,7 +466,7 @@ def write_viewer(
         raise OutputPathError(
             f"The viewer is an HTML page: give a file name ending in .html, not {out.name}."
         )
-    refuse_existing(out, overwrite)
+    check_output_file(out, overwrite)  # early, before the heavy work; the write checks again
     page = viewer_html(
         image,
         cam,
@@ -493,24 +483,8 @@ def write_viewer(
         max_voxels=max_voxels,
     )
     data = page.encode("utf-8")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def check(tmp: Path) -> None:  # re-read what is on disk before it replaces anything
-        size = tmp.stat().st_size
-        with open(tmp, "rb") as handle:
-            handle.seek(max(0, size - 4096))
-            tail = handle.read()
-        if size != len(data) or tail != data[-4096:]:
-            raise OutputPathError(
-                f"Writing {out} produced {size} bytes instead of {len(data)}; the disk may be full. "
-                "Free some space or choose another location."
-            )
-
-    write_atomically(out, overwrite, write, check)
+    # read back and compared byte for byte before the rename; a full disk, a size limit or an
+    # unwritable folder is an OutputPathError
+    write_bytes_atomic(out, data, overwrite, fsync=True)
     logger.info("Wrote viewer %s (%.1f MB)", out, len(data) / 1e6)
     return out

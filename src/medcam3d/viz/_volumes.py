@@ -1,58 +1,16 @@
-"""Shared plumbing of the figures and the viewer: inputs with optional geometry, and safe writes."""
+"""Shared by the figures and the viewer: volumes with an optional geometry, and where grids lie in world space."""
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medcam3d._atomic import atomic_path
-from medcam3d.errors import GeometryError, OutputPathError
+from medcam3d.errors import GeometryError
 from medcam3d.io.geometry import Geometry
 from medcam3d.io.writing import as_volume
 
-__all__ = ["refuse_existing", "write_atomically", "volume_and_geometry", "world_extent", "overlaps"]
-
-logger = logging.getLogger(__name__)
-
-
-def refuse_existing(path: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Raise :class:`OutputPathError` before any heavy work when ``path`` exists and ``overwrite`` is false.
-
-    :func:`medcam3d._atomic.atomic_path` checks again when the file is written; this is only the
-    early, cheap check (same message).
-    """
-    out = Path(path)
-    if out.exists() and not overwrite:
-        raise OutputPathError(
-            f"Output file {out} exists. Pass overwrite=True (or --overwrite) to replace it."
-        )
-    return out
-
-
-def write_atomically(
-    out: Path, overwrite: bool, write: Callable[[Path], None], check: Callable[[Path], None] | None = None
-) -> Path:
-    """Write ``out`` through a temporary file: ``write(tmp)``, then ``check(tmp)``, then the rename.
-
-    Any :class:`OSError` (full disk, file-size limit, permissions) becomes an
-    :class:`OutputPathError`; nothing is left at ``out`` or beside it when writing fails.
-    """
-    try:
-        with atomic_path(out, overwrite=overwrite) as tmp:
-            write(tmp)
-            if check is not None:
-                check(tmp)
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise OutputPathError(
-            f"Could not write {out}: {reason}. Free some disk space or choose a writable location."
-        ) from exc
-    return out
+__all__ = ["volume_and_geometry", "world_extent", "overlaps", "describe_extent"]
 
 
 def _geometry_pair(source: Any) -> bool:
