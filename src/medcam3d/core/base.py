@@ -53,13 +53,15 @@ from medcam3d.core.checks import (
     default_targets,
     select_output,
 )
+from medcam3d.core.compat import PytorchGradCAMHooks
 from medcam3d.core.context import CallContext, CAMResult, OutputIndex, Target
+from medcam3d.core.gradients import as_feature_map, layer_gradients, target_scores
 from medcam3d.core.layers import LayerSpec, resolve_layers
 from medcam3d.core.model import conv_spatial_rank, model_device, model_state
 from medcam3d.core.projection import first_component_projection
 from medcam3d.core.taps import LayerTaps
 from medcam3d.core.tensors import broadcast_channels, finish_layer_map, minmax_normalize
-from medcam3d.errors import LayerNotReachedError, LayerOutputError, TargetError
+from medcam3d.errors import LayerNotReachedError, TargetError
 
 __all__ = ["BaseCAM", "CAMResult", "CallContext", "Target", "model_device", "select_output"]
 
@@ -79,7 +81,7 @@ def _hook_parameters(hook: Callable[..., Any]) -> frozenset[str]:
     return found
 
 
-class BaseCAM:
+class BaseCAM(PytorchGradCAMHooks):
     """Base class of every CAM method (pytorch-grad-cam 1.5 compatible signature).
 
     Args:
@@ -193,33 +195,6 @@ class BaseCAM:
         weighted = self._call_hook("weighted_activations", activations, grads, context)
         return first_component_projection(weighted) if context.eigen_smooth else weighted.sum(dim=1)
 
-    def get_cam_weights(
-        self,
-        input_tensor: torch.Tensor,
-        target_layer: nn.Module,
-        targets: list[Target],
-        activations: torch.Tensor,
-        grads: torch.Tensor | None,
-    ) -> torch.Tensor | np.ndarray:
-        """pytorch-grad-cam's hook: channel weights ``(N, K)``. Defaults to :meth:`weights`."""
-        context = self.context_type(input_tensor=input_tensor, targets=list(targets), layer=target_layer)
-        return self._call_hook("weights", activations, grads, context)
-
-    def get_cam_image(
-        self,
-        input_tensor: torch.Tensor,
-        target_layer: nn.Module,
-        targets: list[Target],
-        activations: torch.Tensor,
-        grads: torch.Tensor | None,
-        eigen_smooth: bool = False,
-    ) -> torch.Tensor:
-        """pytorch-grad-cam's name for :meth:`layer_map`: ``(N, K, *s)`` → ``(N, *s)``."""
-        context = self.context_type(
-            input_tensor=input_tensor, eigen_smooth=eigen_smooth, targets=list(targets), layer=target_layer
-        )
-        return self._call_hook("layer_map", activations, grads, context)
-
     def aggregate_multi_layers(self, layer_maps: list[torch.Tensor], normalize: bool) -> torch.Tensor:
         """Mean over layers of ``(N, *S)`` maps, normalised again if asked."""
         stacked = torch.stack(layer_maps, dim=1).clamp_min(0).mean(dim=1)
@@ -266,30 +241,14 @@ class BaseCAM:
         retain_graph: bool = False,
     ) -> list[torch.Tensor]:
         """``∂ Σ scores / ∂ activations`` for every target layer (the graph kept if ``retain_graph``)."""
-        if not scores.requires_grad:
-            raise LayerOutputError(
-                "The target score does not depend on the target layers (no gradient path). Check that the "
-                "targets read the model output, that the layers come before the output selected by "
-                f"output_index={self.output_index!r}, and list candidate layers with "
-                "medcam3d.utils.find_layers.list_layers (or --list-layers on the command line)."
-            )
-        grads = torch.autograd.grad(
-            scores.sum(),
+        return layer_gradients(
+            scores,
             activations,
-            allow_unused=True,
+            self.layer_names,
             create_graph=self.create_graph,
-            retain_graph=True if (retain_graph or self.create_graph) else None,
+            retain_graph=retain_graph,
+            output_index=self.output_index,
         )
-        result = []
-        for name, grad in zip(self.layer_names, grads):
-            if grad is None:
-                raise LayerOutputError(
-                    f"The target score does not depend on layer {name!r} (it runs on a branch that does not "
-                    f"reach the output selected by output_index={self.output_index!r}). Choose a layer on the "
-                    "path to the output; list candidates with medcam3d.utils.find_layers.list_layers."
-                )
-            result.append(grad if self.create_graph else grad.detach())
-        return result
 
     def _aggregate(self, context: CallContext, layer_maps: list[torch.Tensor]) -> torch.Tensor:
         """The final ``(N, *S)`` map from the per-layer maps."""
@@ -304,31 +263,6 @@ class BaseCAM:
         return None
 
     # ------------------------------------------------------------------ pipeline
-    def _prepare(self, name: str, tensor: torch.Tensor, spatial_rank: int, batch: int) -> torch.Tensor:
-        if self.reshape_transform is not None:
-            tensor = self.reshape_transform(tensor)
-        if tensor.ndim != spatial_rank + 2 or tensor.shape[0] != batch:
-            tip = (
-                " It looks like transformer tokens (N, tokens, C): pass a reshape_transform from "
-                "medcam3d.utils.reshape_transforms."
-                if tensor.ndim == 3 and spatial_rank > 1
-                else " Choose a layer before global pooling, or pass a reshape_transform."
-            )
-            raise LayerOutputError(
-                f"Target layer {name!r} gives a tensor of shape {tuple(tensor.shape)}, but a feature map "
-                f"(N={batch}, channels, {spatial_rank} spatial axes) is needed.{tip}"
-            )
-        return tensor
-
-    def _scores(self, output: torch.Tensor, targets: list[Target]) -> torch.Tensor:
-        scores = []
-        for i, target in enumerate(targets):
-            value = target(output[i])
-            if not isinstance(value, torch.Tensor):
-                value = torch.as_tensor(value, device=output.device, dtype=output.dtype)
-            scores.append(value.sum())
-        return torch.stack(scores)
-
     def _layer_maps(
         self,
         context: CallContext,
@@ -342,8 +276,9 @@ class BaseCAM:
         custom_image = self._overrides("get_cam_image")
         maps = []
         for (name, module), act, grad in zip(self.layers, activations, grads):
-            act_p = self._prepare(name, act if self.create_graph else act.detach(), len(spatial), batch)
-            grad_p = self._prepare(name, grad, len(spatial), batch) if grad is not None else None
+            rank, reshape = len(spatial), self.reshape_transform
+            act_p = as_feature_map(name, act if self.create_graph else act.detach(), rank, batch, reshape)
+            grad_p = as_feature_map(name, grad, rank, batch, reshape) if grad is not None else None
             context.layer_name, context.layer = name, module
             if custom_image:
                 cam = self.get_cam_image(
@@ -389,7 +324,7 @@ class BaseCAM:
                         targets = check_targets(
                             self.default_targets(context.output) if given is None else given, batch
                         )
-                        scores = self._scores(target_output, targets)
+                        scores = target_scores(target_output, targets)
                         context.targets, context.scores = targets, scores
                         grads: Sequence[torch.Tensor | None] = [None] * len(activations)
                         if track:
@@ -499,14 +434,6 @@ class BaseCAM:
         if self.return_tensor:
             return result.maps
         return result.maps.detach().to("cpu", torch.float32).numpy()
-
-    # ------------------------------------------------------------------ compatibility
-    def __enter__(self) -> BaseCAM:
-        return self
-
-    def __exit__(self, exc_type: object, exc_value: object, exc_tb: object) -> None:
-        # Hooks live only for the duration of a call: nothing to release.
-        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(target_layers={self.layer_names})"
