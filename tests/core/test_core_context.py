@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import medcam3d
+import medcam3d.errors
 from helpers_models import TinyResNet
 from medcam3d import (
     BaseCAM,
@@ -212,3 +213,38 @@ def test_the_core_imports_nothing_above_it() -> None:
                 names = [alias.name for alias in node.names]
             offenders += [f"{path.name}: {n}" for n in names if n.startswith(forbidden)]
     assert not offenders, offenders
+
+
+def test_target_layers_none_is_a_clear_error() -> None:
+    from medcam3d.errors import LayerNotFoundError
+
+    with pytest.raises(LayerNotFoundError, match="suggest_target_layer"):
+        GradCAM(_model(), None)  # type: ignore[arg-type]
+
+
+def test_methods_that_read_no_target_run_on_a_segmenter_without_targets() -> None:
+    from helpers_models import TinySegNet
+    from medcam3d import FEM, KPCA_CAM, EigenCAM, RandomCAM
+
+    torch.manual_seed(0)
+    model = TinySegNet(ndim=3).eval()
+    x = torch.randn(2, 1, 8, 12, 10)
+    for method in (EigenCAM, KPCA_CAM, FEM, RandomCAM):
+        result = method(model, ["down"]).compute(x)
+        assert result.maps.shape == (2, 8, 12, 10) and result.scores is None
+        assert bool(torch.isfinite(result.maps).all())
+    with pytest.raises(medcam3d.errors.TargetError, match="SemanticSegmentationTarget"):
+        GradCAM(model, ["down"]).compute(x)  # reads targets: still asks for them
+
+
+def test_an_empty_segmentation_mask_warns() -> None:
+    from helpers_models import TinySegNet
+    from medcam3d.utils.model_targets import SemanticSegmentationTarget
+
+    torch.manual_seed(0)
+    model = TinySegNet(ndim=2).eval()
+    x = torch.randn(1, 1, 16, 16)
+    empty = np.zeros((16, 16), dtype=np.float32)
+    with pytest.warns(RuntimeWarning, match="the given mask is empty"):
+        maps = GradCAM(model, ["down"])(x, [SemanticSegmentationTarget(1, empty)])
+    assert float(np.abs(maps).max()) == 0.0

@@ -113,6 +113,9 @@ class BaseCAM(PytorchGradCAMHooks):
 
     #: whether the method needs gradients with respect to the target layers
     uses_gradients: bool = True
+    #: whether the method reads the targets (``False``: ``targets=None`` is fine on any output, e.g.
+    #: EigenCAM on a segmenter)
+    uses_targets: ClassVar[bool] = True
     #: whether the gradients must keep their graph (second-order methods)
     create_graph: ClassVar[bool] = False
     #: min-max normalise each layer's map before the layers are aggregated
@@ -321,13 +324,18 @@ class BaseCAM(PytorchGradCAMHooks):
                     activations = [taps.activations[name] for name in self.layer_names]
                     results = []
                     for index, given in enumerate(target_sets):
-                        targets = check_targets(
-                            self.default_targets(context.output) if given is None else given, batch
-                        )
-                        scores = target_scores(target_output, targets)
+                        scores: torch.Tensor | None = None
+                        if given is None and not self.uses_targets:
+                            targets: list[Target] = []  # the method never reads a target
+                        else:
+                            targets = check_targets(
+                                self.default_targets(context.output) if given is None else given, batch
+                            )
+                            scores = target_scores(target_output, targets)
                         context.targets, context.scores = targets, scores
                         grads: Sequence[torch.Tensor | None] = [None] * len(activations)
                         if track:
+                            assert scores is not None
                             more = index < len(target_sets) - 1
                             grads = self._gradients(context, scores, activations, retain_graph=more)
                         layer_maps = self._layer_maps(context, activations, grads, spatial)
@@ -335,7 +343,7 @@ class BaseCAM(PytorchGradCAMHooks):
                             maps=self._aggregate(context, layer_maps),
                             layer_maps=layer_maps,
                             output=output.detach(),
-                            scores=scores.detach(),
+                            scores=scores.detach() if scores is not None else None,
                             layer_names=list(self.layer_names),
                         )
                         results.append(self._finalize(context, result))

@@ -65,8 +65,16 @@ def resolve_layers(
     ``_orig_mod.`` prefix is ignored. An unknown name raises :class:`LayerNotFoundError` listing
     the closest existing names; a module that is not part of ``model`` raises too.
     """
+    if target_layers is None:
+        raise LayerNotFoundError(
+            "target_layers is None: pass the layer(s) to explain, as modules or dotted names (e.g. "
+            "[model.layer4] or ['layer4']); medcam3d.utils.find_layers.suggest_target_layer(model, input_shape) "
+            "proposes one."
+        )
     if isinstance(target_layers, (nn.Module, str)):
         target_layers = [target_layers]
+    if not isinstance(target_layers, (list, tuple)):
+        target_layers = list(target_layers)
     if len(target_layers) == 0:
         raise LayerNotFoundError(
             "target_layers is empty: pass at least one layer (a module or a dotted name)."

@@ -7,6 +7,7 @@ classifier, ``(classes, *S)`` for a segmenter (``(C, D, H, W)`` in 3D).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -147,6 +148,15 @@ class SemanticSegmentationTarget:
                     f"shape is {tuple(channel.shape)}. Resample the mask to the output grid."
                 )
             mask = _as_mask(self.mask, channel)
+        if not bool(mask.any()):
+            source = "no voxel is predicted as this class" if self.mask is None else "the given mask is empty"
+            warnings.warn(
+                f"SemanticSegmentationTarget(category={self.category}): {source}, so the score is 0 and the "
+                "map will be all zeros. Pick a class the model predicts, pass a non-empty mask, or use "
+                "ClassifierOutputTarget(category) for the whole channel.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return (channel * mask).sum()
 
 

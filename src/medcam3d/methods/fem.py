@@ -25,6 +25,7 @@ class FEM(BaseCAM):
     """
 
     uses_gradients = False
+    uses_targets = False
 
     def __init__(
         self,

@@ -151,6 +151,7 @@ class RandomCAM(BaseCAM):
     """
 
     uses_gradients = False
+    uses_targets = False
 
     def __init__(
         self,
