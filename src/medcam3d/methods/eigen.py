@@ -32,6 +32,7 @@ class EigenCAM(BaseCAM):
     """
 
     uses_gradients = False
+    uses_targets = False
 
     def layer_map(
         self, activations: torch.Tensor, grads: torch.Tensor | None, context: CallContext
@@ -138,6 +139,7 @@ class KPCA_CAM(BaseCAM):
     """
 
     uses_gradients = False
+    uses_targets = False
 
     def __init__(
         self,
