@@ -19,6 +19,7 @@ from medcam3d.errors import MedCAMError
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "medcam3d.demo.cli",
     "medcam3d.nnunet.cli",
+    "medcam3d.explain.cli",
     "medcam3d.viz.viewer_cli",
     "medcam3d.methods_cli",
 )
