@@ -496,3 +496,39 @@ def test_full_disk_is_an_output_path_error(tmp_path: Path) -> None:
         assert line.startswith(f"{name} OutputPathError"), line
         assert "Could not write" in line and "EFBIG" in line
     assert list(folder.iterdir()) == []  # no partial file, no temporary left behind
+
+
+def test_the_command_line_examples_of_the_docs_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    from medcam3d.cli import main
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "viewer.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", doc, re.S).group(1)  # type: ignore[union-attr]
+    commands = [
+        line.split("#")[0]
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines()
+        if line.startswith("medcam3d view") and "dicom_folder" not in line  # DICOM: test_cli_dicom_folder...
+    ]
+    assert len(commands) >= 4
+    monkeypatch.chdir(tmp_path)
+    image_path, map_path = make_files(tmp_path)
+    for name in ("scan.nii.gz", "ct.nii.gz"):
+        shutil.copy(image_path, name)
+    for name in ("cam.nii.gz", "gradcam.nii.gz", "hirescam.nii.gz", "layercam.nii.gz"):
+        if name != "cam.nii.gz":
+            shutil.copy(map_path, name)
+    cam = sitk.ReadImage(str(map_path))
+    truth = sitk.GetImageFromArray((sitk.GetArrayFromImage(cam) > 0.5).astype(np.uint8))
+    truth.CopyInformation(cam)
+    sitk.WriteImage(truth, "lesion_mask.nii.gz")
+    for command in commands:
+        words = shlex.split(command)
+        assert main(words[1:]) == 0, command
+        out = Path(words[words.index("-o") + 1])
+        data = embedded_data(out.read_text(encoding="utf-8"))
+        maps = [w for w in words[3 : words.index("-o")] if w.endswith(".nii.gz")]
+        assert [m["name"] for m in data["maps"]] == (
+            [Path(m).name[:-7] for m in maps] if len(maps) > 1 else ["cam.nii.gz"]
+        )
+        assert (data["mask"] is not None) == ("--mask" in words)
