@@ -167,3 +167,186 @@ def test_bad_arguments(unet):
         SlidingWindowCAM(cam, (16, 16, 16), progress=False)(
             torch.randn(16, 16), [SlidingSegmentationTarget(1)]
         )
+
+
+# ---------------------------------------------------------------------------------- FinerCAM, any CAMMethod
+@pytest.fixture(scope="module")
+def unet4() -> torch.nn.Module:
+    """A 3D segmenter with four classes (so that FinerCAM has classes to compare against)."""
+    torch.manual_seed(5)
+    return monai_nets.UNet(3, 1, 4, channels=(4, 8, 16), strides=(2, 2)).eval()
+
+
+def _finer_reference_target(category: int, others: list[int], alpha: float):
+    """FinerCAM's score for segmentation written out in the test: over the voxels predicted as
+    ``category``, Σ_j p_j (y_k − α y_j) / Σ_j p_j with p the per-voxel softmax."""
+
+    def score(output: torch.Tensor) -> torch.Tensor:
+        region = (output.detach().argmax(dim=0) == category).to(output.dtype)
+        probs = torch.exp(output) / torch.exp(output).sum(dim=0, keepdim=True)
+        numerator = sum(probs[j] * (output[category] - alpha * output[j]) for j in others)
+        denominator = sum(probs[j] for j in others)
+        return (region * numerator / denominator).sum()
+
+    return score
+
+
+def test_finercam_through_the_engine_equals_its_formula_on_one_patch(unet4):
+    """FinerCAM (a wrapper holding a base method) runs through the engine; on a one-patch volume its
+    map is Grad-CAM of FinerCAM's comparison score, the comparison class chosen as the class whose mean
+    logit over the predicted region is closest to the target class's (rank 1)."""
+    from medcam3d import FinerCAM
+    from medcam3d.sliding import SlidingFinerTarget
+
+    torch.manual_seed(6)
+    volume = torch.randn(1, 16, 16, 16)
+    layer = ["model.1.submodule.0"]
+    finer = FinerCAM(unet4, target_layers=layer)
+    engine = SlidingWindowCAM(finer, (16, 16, 16), normalization="none", progress=False)
+    ours = engine(volume, [SlidingFinerTarget(2, comparison_ranks=(1,), alpha=0.7)])[0]
+
+    with torch.no_grad():
+        logits = unet4(volume[None])[0]
+    inside = (logits.argmax(dim=0) == 2).flatten()
+    assert inside.any()
+    means = logits.flatten(1)[:, inside].mean(dim=1).numpy()
+    closest = min((j for j in range(4) if j != 2), key=lambda j: abs(means[j] - means[2]))
+    reference = GradCAM(unet4, target_layers=layer).compute(
+        volume[None], [_finer_reference_target(2, [closest], 0.7)], normalize=False
+    )
+    np.testing.assert_allclose(ours.numpy(), reference.maps[0].numpy(), rtol=1e-4, atol=1e-6)
+    plain = engine(volume, [SlidingSegmentationTarget(2)])[0]
+    assert not torch.allclose(ours, plain)  # the comparison changes the map
+
+
+def test_finercam_several_targets_mirrored_patches(unet4):
+    """Several Finer targets over several mirrored patches: one batch-1 forward per target set when the
+    method has no compute_multi (or one per patch when it has); each map equals its single-target run
+    and FinerCAM equals its base method given the same targets."""
+    from medcam3d import FinerCAM
+    from medcam3d.sliding import SlidingFinerTarget
+
+    torch.manual_seed(7)
+    volume = torch.randn(1, 24, 20, 18)
+    layer = ["model.1.submodule.0"]
+    finer = FinerCAM(unet4, target_layers=layer)
+    engine = SlidingWindowCAM(finer, (16, 16, 16), mirror_axes=(0,), progress=False)
+    targets = [SlidingFinerTarget(1), SlidingFinerTarget(3, comparison_categories=[0, 2], whole_channel=True)]
+    batch_sizes: list[int] = []
+    handle = unet4.register_forward_pre_hook(lambda _m, args: batch_sizes.append(int(args[0].shape[0])))
+    try:
+        both = engine(volume, targets)
+    finally:
+        handle.remove()
+    assert set(batch_sizes) == {1}
+    passes = 8 * 2  # 8 patches x 2 mirrors
+    assert len(batch_sizes) == (passes if hasattr(finer, "compute_multi") else 2 * passes)
+    assert both.shape == (2, 24, 20, 18) and torch.isfinite(both).all()
+    assert float(both.min()) >= 0.0 and float(both.max()) == pytest.approx(1.0)
+    for k, t in enumerate(targets):
+        torch.testing.assert_close(both[k], engine(volume, [t])[0], rtol=0, atol=0)
+    base = SlidingWindowCAM(
+        GradCAM(unet4, target_layers=layer), (16, 16, 16), mirror_axes=(0,), progress=False
+    )
+    torch.testing.assert_close(both, base(volume, targets), rtol=1e-5, atol=1e-6)
+
+
+def test_any_cam_method_is_accepted_and_anything_else_refused(unet):
+    class Minimal:
+        """Only what CAMMethod needs for one target: a model and compute()."""
+
+        def __init__(self, cam: GradCAM) -> None:
+            self.model = cam.model
+            self.inner = cam
+
+        def compute(self, x, targets, **kwargs):
+            return self.inner.compute(x, targets, **kwargs)
+
+    volume = torch.randn(1, 20, 16, 16)
+    cam = GradCAM(unet, target_layers=["model.1.submodule.0"])
+    minimal = SlidingWindowCAM(Minimal(cam), (16, 16, 16), progress=False)(
+        volume, [SlidingSegmentationTarget(1)]
+    )
+    full = SlidingWindowCAM(cam, (16, 16, 16), progress=False)(volume, [SlidingSegmentationTarget(1)])
+    torch.testing.assert_close(minimal, full, rtol=0, atol=0)
+    with pytest.raises(ConfigurationError, match="CAMMethod"):
+        SlidingWindowCAM(unet, (16, 16, 16))  # a model, not a method
+    with pytest.raises(ConfigurationError, match="has no model or compute"):
+        SlidingWindowCAM(object(), (16, 16, 16))
+
+
+# ---------------------------------------------------------------------------------- the engine's parts
+def test_prepare_is_called_once_per_volume_with_shape_and_padding(unet):
+    """PatchTarget.prepare(spatial_shape, pad) runs once per volume before the patches; a target with
+    only for_patch still works."""
+    from medcam3d.sliding import PatchInfo, PatchTarget
+
+    class Recording:
+        def __init__(self) -> None:
+            self.prepared: list[tuple[tuple[int, ...], list[tuple[int, int]]]] = []
+            self.patches = 0
+
+        def prepare(self, spatial_shape, pad):
+            self.prepared.append((spatial_shape, pad))
+
+        def for_patch(self, info: PatchInfo):
+            self.patches += 1
+            return lambda output: output[1].sum()
+
+    class OnlyForPatch:
+        def for_patch(self, info: PatchInfo):
+            return lambda output: output[1].sum()
+
+    recording = Recording()
+    assert isinstance(recording, PatchTarget) and isinstance(SlidingSegmentationTarget(1), PatchTarget)
+    cam = GradCAM(unet, target_layers=["model.1.submodule.0"])
+    engine = SlidingWindowCAM(cam, (16, 16, 16), mirror_axes=(2,), progress=False)
+    volume = torch.randn(1, 11, 20, 16)  # the first axis is padded by 5: (2, 3)
+    maps = engine(volume, [recording, OnlyForPatch()])
+    assert recording.prepared == [((11, 20, 16), [(2, 3), (0, 0), (0, 0)])]
+    assert recording.patches == 2 * 2  # 2 patches x 2 mirrors
+    whole = engine(volume, [SlidingSegmentationTarget(1, whole_channel=True)])[0]
+    torch.testing.assert_close(maps[0], whole, rtol=0, atol=0)
+    torch.testing.assert_close(maps[1], whole, rtol=0, atol=0)
+
+
+def test_importance_computed_once_and_handed_to_the_outputs_hook(unet):
+    """The patch weight is computed once per state (not per run or patch); the outputs hook gets that
+    very tensor and one output per mirror; raw_mean is Σ w·map / Σ w without the padding."""
+    calls: list[tuple[int, ...]] = []
+
+    def counting_gaussian(size: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        calls.append(size)
+        return gaussian_importance_map(size, sigma_scale=0.5, device=device).to(torch.float16)  # no zeros
+
+    cam = GradCAM(unet, target_layers=["model.1.submodule.0"])
+    engine = SlidingWindowCAM(
+        cam,
+        (16, 16, 16),
+        mirror_axes=(0, 1),
+        normalization="none",
+        progress=False,
+        gaussian_fn=counting_gaussian,
+    )
+    volume = torch.randn(1, 14, 24, 16)
+    seen: list[tuple[int, torch.Tensor]] = []
+    state = engine.new_state(tuple(volume.shape), 1)
+    for _ in range(2):  # two "folds" into one state
+        engine.accumulate(
+            volume,
+            [SlidingSegmentationTarget(1)],
+            state,
+            on_outputs=lambda slicer, outputs, importance: seen.append((len(outputs), importance)),
+        )
+    assert calls == [(16, 16, 16)]
+    assert state.importance is not None and state.importance.dtype == torch.float16
+    assert all(n == 4 and w is state.importance for n, w in seen) and len(seen) == state.n_patches == 4
+    expected = (state.map_sum / state.weight)[:, 1:15]  # padding (1, 1) on the first axis
+    torch.testing.assert_close(engine.raw_mean(state), expected, rtol=0, atol=0)
+    torch.testing.assert_close(engine.finalize(state), engine.raw_mean(state), rtol=0, atol=0)  # "none"
+    w = state.importance.to(torch.float32)
+    steps = compute_steps((16, 24, 16), (16, 16, 16), 0.5)
+    total = torch.zeros(16, 24, 16)
+    for a in steps[1]:
+        total[:, a : a + 16, :] += w
+    torch.testing.assert_close(state.weight, 2 * 4 * total)  # 2 runs x 4 mirrors

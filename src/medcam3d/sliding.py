@@ -11,6 +11,9 @@ accumulators ``(T, *S)`` and one patch at a time are held.
 Axis order: ``volume`` is ``(C, *S)`` (channels first, then the spatial axes in the order the
 model expects, e.g. ``(C, D, H, W)``); the maps are ``(T, *S)``, one per target.
 
+The method is any :class:`~medcam3d.core.protocol.CAMMethod` (every method class, and wrappers such
+as FinerCAM); for several targets its ``compute_multi`` takes one forward pass per patch.
+
 A patch may have one spatial axis fewer than the volume (a 2D network on a 3D volume, as
 nnU-Net's ``2d`` configuration): the patches then run over the slices along the first spatial
 axis.
@@ -18,22 +21,26 @@ axis.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
-from medcam3d.core.base import BaseCAM, model_device
+from medcam3d.core.model import model_device
+from medcam3d.core.protocol import CAMMethod
 from medcam3d.errors import ConfigurationError, InputShapeError, TargetError
 
 __all__ = [
     "PatchInfo",
+    "PatchOutputsHook",
     "PatchTarget",
+    "SlidingFinerTarget",
     "SlidingState",
     "SlidingWindowCAM",
     "SlidingSegmentationTarget",
@@ -164,9 +171,34 @@ class PatchInfo:
 
 @runtime_checkable
 class PatchTarget(Protocol):
-    """A target defined on the whole volume, turned into a per-patch target."""
+    """A target defined on the whole volume, turned into a per-patch target.
 
-    def for_patch(self, info: PatchInfo) -> Target: ...
+    The engine calls :meth:`prepare` once per volume (before the first patch), then
+    :meth:`for_patch` for every (patch, mirror) forward pass. (A target that only defines
+    ``for_patch`` is accepted too: ``prepare`` is called when it exists.)
+    """
+
+    def prepare(self, spatial_shape: tuple[int, ...], pad: list[tuple[int, int]]) -> None:
+        """Get ready for a volume of spatial shape ``spatial_shape`` ``(*S)``, zero-padded by
+        ``pad`` (one ``(before, after)`` pair per spatial axis) to the shape the slicers index."""
+        ...
+
+    def for_patch(self, info: PatchInfo) -> Target:
+        """The target of one forward pass: a callable on one sample's output ``(C_out, *patch)``
+        (flipped like the patch, as the network returns it) giving a scalar."""
+        ...
+
+
+def _check_class(category: int, output: torch.Tensor, what: str) -> None:
+    if output.ndim < 2:
+        raise TargetError(
+            f"{what} needs a segmentation output (classes, *spatial); this output has shape "
+            f"{tuple(output.shape)}."
+        )
+    if not -output.shape[0] <= category < output.shape[0]:
+        raise TargetError(
+            f"Target class {category} is not a channel of the output of shape {tuple(output.shape)}."
+        )
 
 
 class SlidingSegmentationTarget:
@@ -187,17 +219,31 @@ class SlidingSegmentationTarget:
         self.whole_channel = whole_channel
         self._padded_mask: torch.Tensor | None = None
 
-    def _prepare(self, spatial: tuple[int, ...], pad: list[tuple[int, int]]) -> None:
+    def prepare(self, spatial_shape: tuple[int, ...], pad: list[tuple[int, int]]) -> None:
+        """Check the mask against the volume's spatial shape ``(*S)`` and pad it like the volume
+        (:class:`PatchTarget`); nothing to do without a mask."""
         if self.mask is None:
             return
-        if tuple(self.mask.shape) != spatial:
+        if tuple(self.mask.shape) != tuple(spatial_shape):
             raise TargetError(
-                f"The target mask has shape {tuple(self.mask.shape)} but the volume's spatial shape is {spatial}. "
-                "Resample the mask to the volume's grid first."
+                f"The target mask has shape {tuple(self.mask.shape)} but the volume's spatial shape is "
+                f"{tuple(spatial_shape)}. Resample the mask to the volume's grid first."
             )
         flat = [v for before_after in reversed(pad) for v in before_after]
         mask = (self.mask != 0).to(torch.float32)
         self._padded_mask = F.pad(mask, flat) if any(flat) else mask
+
+    def patch_mask(self, info: PatchInfo) -> torch.Tensor | None:
+        """The mask ``(*patch)`` of this patch, cropped and mirrored with it; ``None`` without a mask."""
+        if self.mask is None:
+            return None
+        if self._padded_mask is None:
+            raise TargetError(
+                "The target has a mask but prepare() was not called: pass it to SlidingWindowCAM, which "
+                "calls prepare(spatial_shape, pad) once per volume."
+            )
+        patch_mask = self._padded_mask[info.slicer[1:]]
+        return torch.flip(patch_mask, info.flip_axes) if info.flip_axes else patch_mask
 
     def for_patch(self, info: PatchInfo) -> Target:
         from medcam3d.core.targets import SemanticSegmentationTarget
@@ -206,28 +252,102 @@ class SlidingSegmentationTarget:
         if self.whole_channel:
 
             def whole(output: torch.Tensor) -> torch.Tensor:
-                if output.ndim < 2 or not -output.shape[0] <= category < output.shape[0]:
-                    raise TargetError(
-                        f"Target class {category} is not a channel of the output of shape {tuple(output.shape)}."
-                    )
+                _check_class(category, output, "A whole-channel target")
                 return output[category].sum()
 
             return whole
-        if self._padded_mask is None:
-            return SemanticSegmentationTarget(category, mask=None)
-        patch_mask = self._padded_mask[info.slicer[1:]]
-        if info.flip_axes:
-            patch_mask = torch.flip(patch_mask, info.flip_axes)
-        return SemanticSegmentationTarget(category, mask=patch_mask)
+        return SemanticSegmentationTarget(category, mask=self.patch_mask(info))
+
+
+class SlidingFinerTarget(SlidingSegmentationTarget):
+    """FinerCAM's score for segmentation, per patch: class ``category`` against its most similar
+    classes, voxel by voxel, summed over a region ``R`` of the patch::
+
+        Σ_{v ∈ R} Σ_j p_j(v) (y_k(v) − α y_j(v)) / Σ_j p_j(v)
+
+    with ``y`` the logits and ``p`` the softmax over the classes at voxel ``v``
+    (:class:`~medcam3d.core.targets.FinerWeightedTarget` applied to every voxel). ``R`` is chosen
+    as in :class:`SlidingSegmentationTarget` (the voxels the patch predicts as ``category`` by
+    default, ``mask``, or the whole patch). The comparison classes ``j`` are
+    ``comparison_categories`` when given; otherwise, per patch, the classes whose mean logit over
+    ``R`` is closest to class ``category``'s, at similarity ranks ``comparison_ranks`` (FinerCAM's
+    default 1, 2, 3; rank 0 is the class itself), as :class:`~medcam3d.methods.finer.FinerAutoTarget`
+    picks them for a classifier. With two classes this is ``y_k − α y_0``: the class against the
+    background.
+    """
+
+    def __init__(
+        self,
+        category: int,
+        mask: Any = None,
+        whole_channel: bool = False,
+        *,
+        comparison_categories: Sequence[int] | None = None,
+        comparison_ranks: Sequence[int] | None = None,
+        alpha: float = 1.0,
+    ) -> None:
+        super().__init__(category, mask=mask, whole_channel=whole_channel)
+        self.comparison_categories = (
+            None if comparison_categories is None else [int(c) for c in comparison_categories]
+        )
+        self.comparison_ranks = None if comparison_ranks is None else [int(r) for r in comparison_ranks]
+        self.alpha = float(alpha)
+
+    def for_patch(self, info: PatchInfo) -> Target:
+        from medcam3d.core.targets import FinerWeightedTarget
+        from medcam3d.methods.finer import FinerAutoTarget
+
+        category, alpha, whole_channel = self.category, self.alpha, self.whole_channel
+        fixed, ranks = self.comparison_categories, self.comparison_ranks
+        patch_mask = self.patch_mask(info)
+
+        def finer(output: torch.Tensor) -> torch.Tensor:
+            _check_class(category, output, "SlidingFinerTarget")
+            main = category % output.shape[0]
+            if whole_channel:
+                region = torch.ones_like(output[main])
+            elif patch_mask is None:
+                region = (output.detach().argmax(dim=0) == main).to(output.dtype)
+            else:
+                if tuple(patch_mask.shape) != tuple(output.shape[1:]):
+                    raise TargetError(
+                        f"The patch mask has shape {tuple(patch_mask.shape)} but the output's spatial shape is "
+                        f"{tuple(output.shape[1:])}."
+                    )
+                region = (patch_mask != 0).to(device=output.device, dtype=output.dtype)
+            if fixed is not None:
+                others = [c for c in fixed if c % output.shape[0] != main]
+            else:
+                flat = output.detach().flatten(1)
+                inside = region.detach().flatten() > 0
+                mean_logits = flat[:, inside].mean(dim=1) if bool(inside.any()) else flat.mean(dim=1)
+                others = (
+                    FinerAutoTarget(alpha, ranks, target_idx=main).resolve(mean_logits).comparison_categories
+                )
+            per_voxel = FinerWeightedTarget(main, others, alpha)(output)  # (*patch)
+            return (per_voxel * region).sum()
+
+        return finer
 
 
 # ---------------------------------------------------------------------------------- the engine
+PatchOutputsHook = Callable[[tuple[Union[slice, int], ...], list[torch.Tensor], torch.Tensor], None]
+"""``hook(slicer, outputs, importance)``: the model outputs ``(C_out, *patch)`` of one patch, one per
+mirror combination (flipped back), where ``slicer`` indexes the padded ``(C, *P)`` volume and
+``importance`` ``(*patch)`` is the patch weight the engine used (in the dtype its Gaussian
+function returned)."""
+
+
 @dataclass
 class SlidingState:
     """Accumulators over patches (and over several runs, e.g. model folds), on ``device``.
 
-    ``map_sum`` ``(T, *P)``: Σ gaussian × raw map; ``weight`` ``(*P)``: Σ gaussian (once per
-    forward pass); ``P`` is the padded spatial shape; ``crop`` removes the padding.
+    ``map_sum`` ``(T, *P)``: Σ importance × raw map; ``weight`` ``(*P)``: Σ importance (once per
+    forward pass); ``P`` is the padded spatial shape; ``crop`` removes the padding;
+    ``importance`` ``(*patch)``: the weight of one patch, computed once (by
+    :meth:`SlidingWindowCAM.new_state`, or on the first :meth:`~SlidingWindowCAM.accumulate`), in
+    the dtype the Gaussian function returned (float16 for nnU-Net's); the maps are weighted with
+    its float32 values.
     """
 
     map_sum: torch.Tensor
@@ -235,15 +355,31 @@ class SlidingState:
     crop: tuple[slice, ...]
     pad: list[tuple[int, int]]
     n_patches: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    importance: torch.Tensor | None = None
+
+
+def _check_cam(cam: Any) -> None:
+    """Accept any :class:`~medcam3d.core.protocol.CAMMethod` (a ``model`` and ``compute``; a missing
+    ``compute_multi`` falls back to one ``compute`` per target)."""
+    if isinstance(cam, CAMMethod):
+        return
+    missing = [name for name in ("model", "compute") if getattr(cam, name, None) is None]
+    if not missing and isinstance(cam.model, torch.nn.Module) and callable(cam.compute):
+        return
+    raise ConfigurationError(
+        f"cam must be a CAM method instance (medcam3d.core.protocol.CAMMethod: a .model and .compute(x, "
+        f"targets)), e.g. GradCAM(model, target_layers=[...]); got {type(cam).__name__}"
+        + (f", which has no {' or '.join(missing)}." if missing else ".")
+    )
 
 
 class SlidingWindowCAM:
     """Patch-wise CAM of a volume larger than the network's input.
 
     Args:
-        cam: any CAM method instance (``GradCAM(model, target_layers=[...])`` …); its model
-            takes ``(N, C, *patch_size)``.
+        cam: any CAM method instance (:class:`~medcam3d.core.protocol.CAMMethod`:
+            ``GradCAM(model, target_layers=[...])``, ``FinerCAM(...)`` …); its model takes
+            ``(N, C, *patch_size)``.
         patch_size: the network's input size, ``len(patch_size)`` = number of spatial axes of the
             volume, or one fewer for a 2D network on a 3D volume.
         step_size: step between patches as a fraction of the patch (0.5 = half overlap).
@@ -261,7 +397,7 @@ class SlidingWindowCAM:
 
     def __init__(
         self,
-        cam: BaseCAM,
+        cam: CAMMethod,
         patch_size: Sequence[int],
         step_size: float = 0.5,
         mirror_axes: Sequence[int] | None = None,
@@ -273,8 +409,7 @@ class SlidingWindowCAM:
         gaussian_fn: Callable[[tuple[int, ...], torch.device], torch.Tensor] | None = None,
         autocast: bool = False,
     ) -> None:
-        if not isinstance(cam, BaseCAM):
-            raise ConfigurationError(f"cam must be a medcam3d CAM method instance, got {type(cam).__name__}.")
+        _check_cam(cam)
         if normalization not in ("volume", "slice", "none"):
             raise ConfigurationError(
                 f"normalization must be 'volume', 'slice' or 'none', got {normalization!r}."
@@ -305,11 +440,12 @@ class SlidingWindowCAM:
         return model_device(self.cam.model)
 
     def importance(self, device: torch.device) -> torch.Tensor:
-        """The ``(*patch_size)`` float32 weight of one patch."""
+        """The ``(*patch_size)`` weight of one patch, in the dtype ``gaussian_fn`` returns (float32
+        for the built-in Gaussian and for uniform weights). Computed once per state."""
         if not self.use_gaussian:
             return torch.ones(self.patch_size, device=device)
         if self.gaussian_fn is not None:
-            return self.gaussian_fn(self.patch_size, device).to(device=device, dtype=torch.float32)
+            return self.gaussian_fn(self.patch_size, device).to(device=device)
         return gaussian_importance_map(self.patch_size, self.sigma_scale, device=device)
 
     def _padding(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -321,7 +457,7 @@ class SlidingWindowCAM:
         return pad
 
     def new_state(self, volume_shape: Sequence[int], n_targets: int) -> SlidingState:
-        """Empty accumulators for a ``(C, *S)`` volume and ``n_targets`` maps."""
+        """Empty accumulators for a ``(C, *S)`` volume and ``n_targets`` maps, and the patch weight."""
         spatial = tuple(int(s) for s in volume_shape[1:])
         if len(self.patch_size) not in (len(spatial), len(spatial) - 1):
             raise InputShapeError(
@@ -337,6 +473,7 @@ class SlidingWindowCAM:
             weight=torch.zeros(padded, dtype=torch.float32, device=device),
             crop=crop,
             pad=pad,
+            importance=self.importance(device),
         )
 
     def pad_volume(self, volume: torch.Tensor, pad: list[tuple[int, int]]) -> torch.Tensor:
@@ -348,7 +485,8 @@ class SlidingWindowCAM:
         self, patch: torch.Tensor, targets: list[Target], flip_axes: tuple[int, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass on a ``(1, C, *patch)`` patch, mirrored along ``flip_axes``, and one
-        gradient pass per target (:meth:`BaseCAM.compute_multi` for several targets: the batch stays 1).
+        gradient pass per target (the method's ``compute_multi`` for several targets: the batch
+        stays 1; a method without ``compute_multi`` runs one ``compute`` per target).
 
         Returns the raw maps ``(T, *patch)`` and the model output ``(C_out, *patch)`` (first sample),
         both flipped back to the patch's orientation.
@@ -356,17 +494,18 @@ class SlidingWindowCAM:
         dims = tuple(a + 2 for a in flip_axes)
         x = torch.flip(patch, dims) if dims else patch
         context = (
-            torch.autocast(self.device.type) if (self.autocast and self.device.type == "cuda") else _null()
+            torch.autocast(self.device.type)
+            if (self.autocast and self.device.type == "cuda")
+            else contextlib.nullcontext()
         )
         with context:
-            if len(targets) == 1:
-                result = self.cam.compute(x, targets, normalize=False)
-                maps = result.maps.to(torch.float32)
-                output = result.output[0]
+            compute_multi = getattr(self.cam, "compute_multi", None)
+            if len(targets) == 1 or compute_multi is None:
+                results = [self.cam.compute(x, [t], normalize=False) for t in targets]
             else:  # one batch-1 forward, one gradient pass per target
-                results = self.cam.compute_multi(x, [[t] for t in targets], normalize=False)
-                maps = torch.cat([r.maps for r in results]).to(torch.float32)
-                output = results[0].output[0]
+                results = compute_multi(x, [[t] for t in targets], normalize=False)
+            maps = torch.cat([r.maps for r in results]).to(torch.float32)
+            output = results[0].output[0]
         if dims:
             maps = torch.flip(maps, tuple(a + 1 for a in flip_axes))
             if output.ndim == patch.ndim - 1 and tuple(output.shape[1:]) == tuple(patch.shape[2:]):
@@ -380,10 +519,9 @@ class SlidingWindowCAM:
         outputs: list[torch.Tensor],
         importance: torch.Tensor,
     ) -> None:
-        """Hook: the model outputs of one patch (one per mirror combination, flipped back).
-
-        The default does nothing; the nnU-Net integration accumulates the logits here.
-        """
+        """Hook: the model outputs of one patch (one per mirror combination, flipped back) and the
+        patch weight ``importance`` (``state.importance``). The default does nothing; pass
+        ``on_outputs`` to :meth:`accumulate` to collect them without subclassing."""
 
     # -------------------------------------------------------------- main loop
     def accumulate(
@@ -392,11 +530,13 @@ class SlidingWindowCAM:
         targets: Sequence[Target | PatchTarget],
         state: SlidingState | None = None,
         description: str | None = None,
+        on_outputs: PatchOutputsHook | None = None,
     ) -> SlidingState:
         """Run every patch of ``volume`` ``(C, *S)`` and add the weighted raw maps to ``state``.
 
         Call it several times with one ``state`` to average over model weights (folds), then
-        :meth:`finalize`.
+        :meth:`finalize` (or :meth:`raw_mean`). ``on_outputs(slicer, outputs, importance)`` receives
+        each patch's model outputs (see :data:`PatchOutputsHook`), e.g. to accumulate logits.
         """
         from tqdm.auto import tqdm
 
@@ -412,13 +552,16 @@ class SlidingWindowCAM:
                 f"The state holds {state.map_sum.shape[0]} maps but {len(targets)} targets were given."
             )
         for t in targets:
-            prepare = getattr(t, "_prepare", None)
+            prepare = getattr(t, "prepare", None) if hasattr(t, "for_patch") else None
             if prepare is not None:
                 prepare(tuple(volume.shape[1:]), state.pad)
         device = self.device
+        if state.importance is None:
+            state.importance = self.importance(device)
+        importance = state.importance
+        weight = importance.to(torch.float32)
         padded = self.pad_volume(volume.to(torch.float32), state.pad)
         slicers = patch_slicers(tuple(padded.shape[1:]), self.patch_size, self.step_size, self.steps_fn)
-        importance = self.importance(device)
         combos = mirror_combinations(self.mirror_axes)
         bar = tqdm(total=len(slicers), desc=description or "patches", disable=not self.progress, leave=False)
         try:
@@ -428,23 +571,28 @@ class SlidingWindowCAM:
                 map_slicer = (slice(None), *slicer[1:])
                 for flip_axes in combos:
                     info = PatchInfo(slicer, flip_axes)
-                    patch_targets = [t.for_patch(info) if isinstance(t, PatchTarget) else t for t in targets]
+                    patch_targets = [t.for_patch(info) if hasattr(t, "for_patch") else t for t in targets]
                     maps, output = self.forward_patch(patch, patch_targets, flip_axes)
-                    state.map_sum[map_slicer] += maps * importance
-                    state.weight[slicer[1:]] += importance
+                    state.map_sum[map_slicer] += maps * weight
+                    state.weight[slicer[1:]] += weight
                     outputs.append(output)
                 self.on_patch_outputs(state, slicer, outputs, importance)
+                if on_outputs is not None:
+                    on_outputs(slicer, outputs, importance)
                 state.n_patches += 1
                 bar.update()
         finally:
             bar.close()
         return state
 
-    def finalize(self, state: SlidingState) -> torch.Tensor:
-        """Weighted mean of the raw maps, padding removed, normalised once: ``(T, *S)`` float32."""
+    def raw_mean(self, state: SlidingState) -> torch.Tensor:
+        """Weighted mean of the raw maps with the padding removed, not normalised: ``(T, *S)`` float32."""
         maps = state.map_sum / state.weight.clamp_min(torch.finfo(torch.float32).tiny)
-        maps = maps[(slice(None), *state.crop)]
-        return normalize_maps(maps, self.normalization)
+        return maps[(slice(None), *state.crop)]
+
+    def finalize(self, state: SlidingState) -> torch.Tensor:
+        """:meth:`raw_mean`, normalised once (``normalization``): ``(T, *S)`` float32."""
+        return normalize_maps(self.raw_mean(state), self.normalization)
 
     def __call__(self, volume: torch.Tensor, targets: Sequence[Target | PatchTarget]) -> torch.Tensor:
         """Maps ``(T, *S)`` (torch, on the model's device) of a ``(C, *S)`` volume, one per target."""
@@ -470,16 +618,8 @@ def normalize_maps(maps: torch.Tensor, normalization: Normalization) -> torch.Te
     )
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
-
-
 def sliding_window_cam(
-    cam: BaseCAM,
+    cam: CAMMethod,
     volume: torch.Tensor,
     patch_size: Sequence[int],
     targets: Sequence[Target | PatchTarget] | int | None = None,

@@ -130,71 +130,31 @@ def _print_methods() -> None:
     sys.stdout.write("\n".join(out) + "\n")
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: falling back to the CPU.")
-        return "cpu"
-    if name == "mps" and not torch.backends.mps.is_available():
-        logger.warning("MPS is not available: falling back to the CPU.")
-        return "cpu"
-    return name
-
-
-def _print_layers(predictor: Any) -> None:
-    import torch
-
-    from medcam3d.nnunet.predictor import suggested_layers
-    from medcam3d.utils.find_layers import list_layers
-
-    network = getattr(predictor.network, "_orig_mod", predictor.network)
-    patch = tuple(int(s) for s in predictor.configuration_manager.patch_size)
-    channels = next(m for m in network.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)).in_channels
-    infos = list_layers(network, (1, channels, *patch))
-    tree_order = {name: i for i, (name, _) in enumerate(network.named_modules())}
-    infos = sorted(infos, key=lambda info: tree_order.get(info.name, len(tree_order)))
-    marks = suggested_layers(network)
-    width = max(2 * i.name.count(".") + len(i.name) for i in infos)
-    lines = [
-        f"Layers of {type(network).__name__} at patch size {patch} (channels, feature-map size; * = suggested):"
-    ]
-    for info in infos:
-        shape = "x".join(str(s) for s in info.spatial_shape) if info.output_shape else "-"
-        chans = str(info.output_shape[1]) if info.output_shape and len(info.output_shape) > 1 else "-"
-        mark = f"  * {marks[info.name]}" if info.name in marks else ""
-        label = "  " * info.name.count(".") + info.name
-        lines.append(f"{label.ljust(width)}  {info.type:<22} {chans:>5} ch  {shape}{mark}")
-    lines.append(
-        "In-place activations (LeakyReLU(inplace=True)) are best tapped through their block's output."
-    )
-    sys.stdout.write("\n".join(lines) + "\n")
-
-
 def run(args: argparse.Namespace) -> int:
-    """Run the command; returns the exit code (non-zero if any case failed)."""
+    """Run the command; returns the exit code (non-zero if any case failed).
+
+    A thin adapter: the flags become the arguments of :func:`medcam3d.nnunet.segment_and_explain`,
+    which does every check and the loop.
+    """
     if args.list_methods:
         _print_methods()
         return 0
     if not args.m:
         raise ConfigurationError("-m (the trained model folder) is required.")
-    from medcam3d.nnunet.files import check_map_writer, check_readable, group_input_files
-    from medcam3d.nnunet.predictor import (
-        NnUNetCAM,
-        _check_output_folder,
-        _match_masks,
-        _match_prev_stage,
-        load_predictor,
-        previous_stage_of,
-    )
+    from medcam3d.nnunet.batch import segment_and_explain
+    from medcam3d.nnunet.layers import layer_table
+    from medcam3d.nnunet.loading import load_predictor, resolve_device
 
     folds = [f if f == "all" else int(f) for f in args.f]
-    device = _device(args.device)
     if args.list_layers:
         predictor = load_predictor(
-            args.m, folds=folds, checkpoint_name=args.chk, device=device, verbose=args.verbose
+            args.m,
+            folds=folds,
+            checkpoint_name=args.chk,
+            device=resolve_device(args.device),
+            verbose=args.verbose,
         )
-        _print_layers(predictor)
+        sys.stdout.write(layer_table(predictor))
         return 0
     missing = [
         flag
@@ -203,77 +163,39 @@ def run(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise ConfigurationError(f"Missing required argument(s): {', '.join(missing)}.")
-    if args.target == "mask" and not args.masks:
-        raise ConfigurationError("--target mask needs --masks FOLDER (one <case><ending> mask per case).")
-    previous = previous_stage_of(args.m)
-    if previous is not None and not args.prev_stage_predictions:  # refused before loading any checkpoint
-        raise ConfigurationError(
-            f"{Path(args.m).name} is a cascade stage (previous stage: {previous}): pass -prev_stage_predictions "
-            f"FOLDER with the {previous} model's segmentations of these cases (e.g. from nnUNetv2_predict)."
-        )
-    predictor = load_predictor(
+    batch = segment_and_explain(
         args.m,
-        folds=folds,
-        checkpoint_name=args.chk,
-        device=device,
-        tile_step_size=args.step_size,
-        use_mirroring=not args.disable_tta,
-        verbose=args.verbose,
-    )
-    method_kwargs: dict[str, Any] = {}
-    if args.pool_size is not None or args.method.lower() == "segxrescam":
-        method_kwargs = {"pool_size": args.pool_size, "pool_mode": args.pool_mode}
-    runner = NnUNetCAM(
-        predictor,
+        args.i,
+        args.o,
         args.target_layer,
-        method=args.method,
-        target_classes=args.target_class,
+        args.target_class,
+        args.method,
         target=args.target,
         cam_type=args.cam_type,
-        method_kwargs=method_kwargs,
+        mask_files=args.masks,
+        prev_stage_predictions=args.prev_stage_predictions,
+        pool_size=args.pool_size,
+        pool_mode=args.pool_mode,
+        save_slices=not args.no_save_slices,
+        save_numpy=args.save_numpy,
+        tile_step_size=args.step_size,
+        use_mirroring=not args.disable_tta,
+        folds=folds,
+        checkpoint_name=args.chk,
+        device=args.device,
+        continue_on_error=True,  # report a failing case, go on with the others
         progress=not args.no_progress,
+        verbose=args.verbose,
     )
-    cases = group_input_files(args.i, runner.file_ending, runner.num_channels)
-    check_readable([f for c in cases for f in c.files])
-    check_map_writer(predictor.plans_manager.image_reader_writer_class)
-    masks = _match_masks(cases, args.masks, runner.file_ending) if args.target == "mask" else {}
-    if runner.cascaded and not args.prev_stage_predictions:
-        raise ConfigurationError(
-            f"This configuration is a cascade stage (previous stage: "
-            f"{predictor.configuration_manager.previous_stage_name}): pass -prev_stage_predictions FOLDER with the "
-            "previous stage's segmentations."
+    if args.verbose:
+        for result in batch.results:
+            logger.info("%s: wrote %d files", result.identifier, len(result.files))
+    done = len(batch.results)
+    sys.stdout.write(f"{done} of {len(batch.cases)} case(s) done; outputs in {Path(args.o)}\n")
+    if batch.failures:
+        sys.stderr.write(
+            "Failed cases:\n" + "".join(f"  {f.identifier}: {f.error}\n" for f in batch.failures)
         )
-    prev = (
-        _match_prev_stage(cases, args.prev_stage_predictions, runner.file_ending) if runner.cascaded else {}
-    )
-    out = Path(args.o)
-    _check_output_folder(out, cases, runner, args.save_numpy)
-    if not args.no_save_slices:
-        from medcam3d.errors import require_extra
-
-        require_extra("matplotlib", "viz", "PNG overlays (or pass --no-save-slices)")
-    from tqdm.auto import tqdm
-
-    failed: list[tuple[str, str]] = []
-    for case in tqdm(cases, desc="cases", disable=args.no_progress):
-        try:
-            result = runner.run_case(
-                case,
-                out,
-                mask_file=masks.get(case.identifier),
-                prev_stage_file=prev.get(case.identifier),
-                save_slices=not args.no_save_slices,
-                save_numpy=args.save_numpy,
-            )
-            if args.verbose:
-                logger.info("%s: wrote %d files", case.identifier, len(result.files))
-        except Exception as exc:  # report the case, go on with the others
-            failed.append((case.identifier, f"{type(exc).__name__}: {exc}"))
-            logger.error("Case %s failed: %s: %s", case.identifier, type(exc).__name__, exc)
-    done = len(cases) - len(failed)
-    sys.stdout.write(f"{done} of {len(cases)} case(s) done; outputs in {out}\n")
-    if failed:
-        sys.stderr.write("Failed cases:\n" + "".join(f"  {c}: {why}\n" for c, why in failed))
         return 1
     return 0
 

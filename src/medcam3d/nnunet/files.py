@@ -1,4 +1,6 @@
-"""Input grouping and float-map writing for the nnU-Net integration (nnunetv2 imported lazily)."""
+"""The files of the nnU-Net integration: grouping inputs into cases, checking case names, matching
+masks and previous-stage segmentations to cases, reading headers, writing float maps
+(nnunetv2 imported lazily)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,14 @@ from medcam3d.errors import ConfigurationError, InputFileError
 
 __all__ = [
     "Case",
-    "group_input_files",
-    "write_float_map",
-    "strip_file_ending",
-    "check_readable",
+    "check_case_names",
     "check_map_writer",
+    "check_readable",
+    "group_input_files",
+    "match_masks",
+    "match_prev_stage",
+    "strip_file_ending",
+    "write_float_map",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +50,7 @@ def _channel_split(name: str, file_ending: str) -> tuple[str, int] | None:
     if not name.endswith(file_ending):
         return None
     stem = name[: -len(file_ending)]
-    if len(stem) < 6 or stem[-5] != "_" or not stem[-4:].isdigit():
+    if len(stem) < 5 or stem[-5] != "_" or not stem[-4:].isdigit():
         return None
     return stem[:-5], int(stem[-4:])
 
@@ -59,8 +64,9 @@ def group_input_files(
 
     ``inputs``: a folder (every case in it, as ``nnUNetv2_predict -i`` does, using nnU-Net's own
     identifier and grouping helpers), one file of a case (its sibling channel files are found), or
-    a list of files. Every case must have exactly the channels ``0 .. num_channels-1``; a missing
-    or extra channel file raises :class:`InputFileError` before any work is done.
+    a list of files and folders. Every case must have exactly the channels ``0 .. num_channels-1``;
+    a missing or extra channel file raises :class:`InputFileError` before any work is done, and so
+    do case names that cannot name output files (:func:`check_case_names`).
     """
     from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
 
@@ -123,7 +129,97 @@ def group_input_files(
                 f"Case {case.identifier!r} has channel file(s) {extra} beyond the model's {num_channels} channel(s)."
             )
         case.files = [found[c] for c in range(num_channels)]
+    check_case_names(result)
     return sorted(result, key=lambda c: c.identifier)
+
+
+_UNSAFE_NAMES = ("", ".", "..")
+
+
+def _unsafe(identifier: str) -> bool:
+    separators = {"/", "\\", os.sep, os.altsep or "/", "\0"}
+    return identifier in _UNSAFE_NAMES or any(s in identifier for s in separators)
+
+
+def check_case_names(cases: Sequence[Case]) -> None:
+    """Refuse case names that cannot name output files, before anything is loaded or written.
+
+    Outputs are named after the case (``<case><ending>``, ``<method>/<case>/…``), so a case named
+    ``.`` or ``..`` (``.._0000.nii.gz``), an empty name (``_0000.nii.gz``) or a name holding a path
+    separator would write outside its place, and two cases of one name (from two input folders)
+    would overwrite each other. Raises :class:`InputFileError` listing every offending file.
+    """
+    problems: list[str] = []
+    unsafe = [c for c in cases if _unsafe(c.identifier)]
+    if unsafe:
+        listed = "; ".join(f"{c.identifier!r}: {', '.join(c.files)}" for c in unsafe)
+        problems.append(
+            f"case name(s) that cannot name output files (empty, '.', '..' or holding a path separator): "
+            f"{listed}. Rename the files to <case>_0000<ending> with a plain case name"
+        )
+    by_name: dict[str, list[Case]] = {}
+    for c in cases:
+        by_name.setdefault(c.identifier, []).append(c)
+    duplicates = {name: group for name, group in by_name.items() if len(group) > 1}
+    if duplicates:
+        listed = "; ".join(
+            f"{name!r}: {' and '.join(', '.join(c.files) for c in group)}"
+            for name, group in duplicates.items()
+        )
+        problems.append(
+            f"several cases share a name, so their outputs would overwrite each other: {listed}. Rename one "
+            "of them, or run the input folders one at a time into different output folders"
+        )
+    if problems:
+        raise InputFileError("Refusing the input: " + "; and ".join(problems) + ".")
+
+
+def match_masks(
+    cases: Sequence[Case],
+    mask_files: str | os.PathLike[str] | Sequence[str] | dict[str, str] | None,
+    ending: str,
+) -> dict[str, str]:
+    """Case identifier → mask file, for ``target='mask'``.
+
+    ``mask_files``: a folder holding ``<case><ending>`` per case, a dict ``{case: file}``, or a
+    list of files in case order (one per case). A missing mask raises :class:`InputFileError`.
+    """
+    if not mask_files:
+        return {}
+    if isinstance(mask_files, dict):
+        mapping = {str(k): str(v) for k, v in mask_files.items()}
+    elif isinstance(mask_files, (str, os.PathLike)) and Path(mask_files).is_dir():
+        mapping = {c.identifier: str(Path(mask_files) / f"{c.identifier}{ending}") for c in cases}
+    else:
+        files = (
+            [str(f) for f in mask_files]
+            if not isinstance(mask_files, (str, os.PathLike))
+            else [str(mask_files)]
+        )
+        if len(files) != len(cases):
+            raise ConfigurationError(
+                f"Got {len(files)} mask files for {len(cases)} cases: give one per case."
+            )
+        mapping = {c.identifier: f for c, f in zip(cases, files)}
+    for c in cases:
+        f = mapping.get(c.identifier)
+        if f is None or not Path(f).is_file():
+            raise InputFileError(f"Mask file for case {c.identifier!r} not found ({f}).")
+    return mapping
+
+
+def match_prev_stage(
+    cases: Sequence[Case], folder: str | os.PathLike[str] | None, ending: str
+) -> dict[str, str]:
+    """Case identifier → the previous cascade stage's segmentation ``<folder>/<case><ending>``;
+    a missing one raises :class:`InputFileError`."""
+    if folder is None:
+        return {}
+    mapping = {c.identifier: str(Path(folder) / f"{c.identifier}{ending}") for c in cases}
+    for ident, f in mapping.items():
+        if not Path(f).is_file():
+            raise InputFileError(f"Previous-stage segmentation for case {ident!r} not found: {f}.")
+    return mapping
 
 
 def write_float_map(
