@@ -53,14 +53,20 @@ from medcam3d.core.checks import (
     default_targets,
     select_output,
 )
-from medcam3d.core.compat import PytorchGradCAMHooks
+from medcam3d.core.compat import ActivationsAndGradients, PytorchGradCAMHooks, legacy_positional
 from medcam3d.core.context import CallContext, CAMResult, OutputIndex, Target
-from medcam3d.core.gradients import as_feature_map, layer_gradients, target_scores
+from medcam3d.core.gradients import (
+    DEFAULT_GRADIENT_MEMORY_BYTES,
+    as_feature_map,
+    batched_layer_gradients,
+    layer_gradients,
+    target_scores,
+)
 from medcam3d.core.layers import LayerSpec, resolve_layers
 from medcam3d.core.model import conv_spatial_rank, model_device, model_state
 from medcam3d.core.projection import first_component_projection
 from medcam3d.core.taps import LayerTaps
-from medcam3d.core.tensors import broadcast_channels, finish_layer_map, minmax_normalize
+from medcam3d.core.tensors import broadcast_channels, finish_layer_map
 from medcam3d.errors import LayerNotReachedError, TargetError
 
 __all__ = ["BaseCAM", "CAMResult", "CallContext", "Target", "model_device", "select_output"]
@@ -106,6 +112,8 @@ class BaseCAM(PytorchGradCAMHooks):
             With ``eval_mode=False`` a model in training mode stays so, and its BatchNorm layers
             update their running statistics in the CAM's forward passes, as in any training-mode
             forward.
+        gradient_memory_bytes: memory budget for the gradients of several target sets taken in one
+            batched backward pass (:meth:`compute_multi`; default 512 MiB).
 
     Calls are safe from several threads: the per-call state lives in the call's context, and
     calls on one model are serialised by a per-model lock (:func:`medcam3d.core.model.model_state`).
@@ -140,9 +148,13 @@ class BaseCAM(PytorchGradCAMHooks):
         return_tensor: bool = False,
         use_cuda: bool | None = None,
         eval_mode: bool = True,
+        gradient_memory_bytes: int = DEFAULT_GRADIENT_MEMORY_BYTES,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        reshape_transform, compute_input_gradient, use_cuda = legacy_positional(
+            reshape_transform, compute_input_gradient, use_cuda
+        )
         if use_cuda is not None:
             warnings.warn(
                 "use_cuda is ignored: medcam3d computes on the device of the model. "
@@ -164,9 +176,18 @@ class BaseCAM(PytorchGradCAMHooks):
         self.normalize = normalize
         self.return_tensor = return_tensor
         self.eval_mode = eval_mode
+        if not isinstance(gradient_memory_bytes, int) or gradient_memory_bytes <= 0:
+            raise ValueError(
+                f"gradient_memory_bytes must be a positive integer, got {gradient_memory_bytes!r}."
+            )
+        self.gradient_memory_bytes = gradient_memory_bytes
         #: the model output of the latest call (pytorch-grad-cam compatibility; with several
         #: threads, read ``CAMResult.output`` instead)
         self.outputs: torch.Tensor | None = None
+        #: pytorch-grad-cam's recorder: the target layers' outputs and gradients of the latest call
+        self.activations_and_grads = ActivationsAndGradients(
+            model, self.target_layers, reshape_transform, detach
+        )
         self._expected_spatial_rank = conv_spatial_rank(model)
 
     @property
@@ -185,9 +206,7 @@ class BaseCAM(PytorchGradCAMHooks):
     ) -> torch.Tensor:
         """``(N, K, *s)`` activations weighted per channel (or element-wise) before the channel sum."""
         if self._overrides("get_cam_weights"):
-            weights: Any = self.get_cam_weights(
-                context.input_tensor, context.current_layer(), context.targets, activations, grads
-            )
+            weights: Any = self._pgc_cam_weights(context, activations, grads)
         else:
             weights = self._call_hook("weights", activations, grads, context)
         weights_t = torch.as_tensor(weights, device=activations.device, dtype=activations.dtype)
@@ -197,11 +216,6 @@ class BaseCAM(PytorchGradCAMHooks):
         """The map of one layer at feature resolution ``(N, *s)`` (before ReLU and resizing)."""
         weighted = self._call_hook("weighted_activations", activations, grads, context)
         return first_component_projection(weighted) if context.eigen_smooth else weighted.sum(dim=1)
-
-    def aggregate_multi_layers(self, layer_maps: list[torch.Tensor], normalize: bool) -> torch.Tensor:
-        """Mean over layers of ``(N, *S)`` maps, normalised again if asked."""
-        stacked = torch.stack(layer_maps, dim=1).clamp_min(0).mean(dim=1)
-        return minmax_normalize(stacked) if normalize else stacked
 
     def default_targets(self, output: torch.Tensor) -> list[Target]:
         """Targets when ``targets=None``: the highest-scoring class of a classifier output."""
@@ -255,7 +269,7 @@ class BaseCAM(PytorchGradCAMHooks):
 
     def _aggregate(self, context: CallContext, layer_maps: list[torch.Tensor]) -> torch.Tensor:
         """The final ``(N, *S)`` map from the per-layer maps."""
-        return self.aggregate_multi_layers(layer_maps, context.normalize)
+        return self._pgc_aggregate(layer_maps, context.normalize)
 
     def _finalize(self, context: CallContext, result: CAMResult) -> CAMResult:
         """Last change to one target set's result, inside the call (default: none)."""
@@ -277,6 +291,7 @@ class BaseCAM(PytorchGradCAMHooks):
         batch = context.input_tensor.shape[0]
         normalize = context.normalize and self.normalize_layer_maps
         custom_image = self._overrides("get_cam_image")
+        self._record_call(activations, grads)
         maps = []
         for (name, module), act, grad in zip(self.layers, activations, grads):
             rank, reshape = len(spatial), self.reshape_transform
@@ -284,9 +299,7 @@ class BaseCAM(PytorchGradCAMHooks):
             grad_p = as_feature_map(name, grad, rank, batch, reshape) if grad is not None else None
             context.layer_name, context.layer = name, module
             if custom_image:
-                cam = self.get_cam_image(
-                    context.input_tensor, module, context.targets, act_p, grad_p, context.eigen_smooth
-                )
+                cam = self._pgc_cam_image(context, act_p, grad_p)
             else:
                 cam = self._call_hook("layer_map", act_p, grad_p, context)
             maps.append(finish_layer_map(cam, spatial, normalize, act_p.device))
@@ -322,22 +335,18 @@ class BaseCAM(PytorchGradCAMHooks):
                     target_output = output_transform(output) if output_transform is not None else output
                     context.output = target_output.detach()
                     activations = [taps.activations[name] for name in self.layer_names]
+                    prepared = [
+                        self._targets_and_scores(given, context.output, target_output, batch)
+                        for given in target_sets
+                    ]
+                    grad_sets: list[Sequence[torch.Tensor | None]] = [[None] * len(activations)] * len(
+                        prepared
+                    )
+                    if track:
+                        grad_sets = self._gradient_sets(context, prepared, activations)
                     results = []
-                    for index, given in enumerate(target_sets):
-                        scores: torch.Tensor | None = None
-                        if given is None and not self.uses_targets:
-                            targets: list[Target] = []  # the method never reads a target
-                        else:
-                            targets = check_targets(
-                                self.default_targets(context.output) if given is None else given, batch
-                            )
-                            scores = target_scores(target_output, targets)
+                    for (targets, scores), grads in zip(prepared, grad_sets):
                         context.targets, context.scores = targets, scores
-                        grads: Sequence[torch.Tensor | None] = [None] * len(activations)
-                        if track:
-                            assert scores is not None
-                            more = index < len(target_sets) - 1
-                            grads = self._gradients(context, scores, activations, retain_graph=more)
                         layer_maps = self._layer_maps(context, activations, grads, spatial)
                         result = CAMResult(
                             maps=self._aggregate(context, layer_maps),
@@ -353,6 +362,46 @@ class BaseCAM(PytorchGradCAMHooks):
                 taps.clear()
                 self._release(context)
 
+    def _targets_and_scores(
+        self, given: list[Target] | None, output: torch.Tensor, target_output: torch.Tensor, batch: int
+    ) -> tuple[list[Target], torch.Tensor | None]:
+        """One set's targets (the defaults when ``None``) and their ``(N,)`` scores (with graph)."""
+        if given is None and not self.uses_targets:
+            return [], None  # the method never reads a target
+        targets = check_targets(self.default_targets(output) if given is None else given, batch)
+        return targets, target_scores(target_output, targets)
+
+    def _gradient_sets(
+        self,
+        context: CallContext,
+        prepared: list[tuple[list[Target], torch.Tensor | None]],
+        activations: list[torch.Tensor],
+    ) -> list[Sequence[torch.Tensor | None]]:
+        """The gradients of every target set: one batched backward pass for several sets when the
+        method takes plain gradients (:func:`~medcam3d.core.gradients.batched_layer_gradients`),
+        else one :meth:`_gradients` pass per set (the graph kept between sets)."""
+        scores = [s for _, s in prepared]
+        if any(s is None for s in scores):
+            raise TargetError(f"{type(self).__name__} needs targets to take gradients; pass targets.")
+        plain = type(self)._gradients is BaseCAM._gradients and not self.create_graph
+        if plain and len(prepared) > 1:
+            batched = batched_layer_gradients(
+                [s for s in scores if s is not None],
+                activations,
+                self.layer_names,
+                memory_bytes=self.gradient_memory_bytes,
+                output_index=self.output_index,
+            )
+            if batched is not None:
+                return list(batched)
+        out: list[Sequence[torch.Tensor | None]] = []
+        for index, (targets, set_scores) in enumerate(prepared):
+            assert set_scores is not None
+            context.targets, context.scores = targets, set_scores
+            more = index < len(prepared) - 1
+            out.append(self._gradients(context, set_scores, activations, retain_graph=more))
+        return out
+
     def _resolve_normalize(self, normalize: bool | None) -> bool:
         return self.normalize if normalize is None else bool(normalize)
 
@@ -367,10 +416,13 @@ class BaseCAM(PytorchGradCAMHooks):
         """Maps for several target sets (e.g. several classes) from **one** forward pass.
 
         Each element of ``target_sets`` is what :meth:`compute` takes as ``targets`` (one target per
-        sample, or ``None``). The forward pass runs once; each set then gets its own gradient pass
-        (the graph is kept between sets and freed after the last). Every result shares ``output``.
-        Methods that declare ``shares_forward_pass = False`` (ShapleyCAM, whose second-order graphs
-        are per set) run one :meth:`compute` per set instead: same results, one forward each.
+        sample, or ``None``). The forward pass runs once. For methods that take plain gradients, the
+        sets' scores are then differentiated together in one batched backward pass (chunked by
+        ``gradient_memory_bytes``), so K classes cost far less than K backward passes; methods with
+        their own gradient pass (FullGrad, Guided Grad-CAM) take one backward pass per set from the
+        same forward. Every result shares ``output``. Methods that declare
+        ``shares_forward_pass = False`` (ShapleyCAM, whose second-order graphs are per set) run one
+        :meth:`compute` per set instead: same results, one forward each.
         """
         check_gradients_allowed()
         sets = [None if t is None else list(t) for t in target_sets]
