@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import medcam3d
-from helpers_models import TinyResNet
+from helpers_models import TinyResNet, TinySegNet
 from medcam3d.core.layers import resolve_layers
 from medcam3d.errors import InputShapeError, LayerNotFoundError, LayerOutputError, ValueRangeError
 from medcam3d.utils import find_layers, reshape_transforms
@@ -161,17 +161,79 @@ def test_list_layers_and_default_suggestion():
     model.train()
     infos = find_layers.list_layers(model, (1, 1, 16, 24, 20))
     assert model.training  # restored
+    assert all(p.requires_grad for p in model.parameters())  # restored after the graph-recording pass
     by_name = {i.name: i for i in infos}
     assert by_name["layer4"].output_shape == (1, 32, 4, 6, 5)
     assert by_name["fc"].output_shape == (1, 3)
-    assert by_name["unused"].order == -1
+    assert by_name["fc"].is_model_output and not by_name["layer4"].is_model_output
+    assert by_name["unused"].order == -1 and not by_name["unused"].on_gradient_path
     assert find_layers.suggest_target_layer(model, (1, 1, 16, 24, 20)) == "layer4"
     table = find_layers.format_layers(infos, mark=["layer4"])
-    assert "* layer4 " in table and "(not run)" in table
+    assert "* layer4 " in table and "(not run)" in table and "(the model output)" in table
     convs = find_layers.find_layer_types_recursive(model, [nn.Conv3d])
     assert model.stem[0] in convs
     with pytest.raises(InputShapeError):
         find_layers.list_layers(model, (16, 24, 20))
+
+
+def _reference_paths(model, x, output_index):
+    """Independent reference: autograd.grad of the selected output w.r.t. every module output."""
+    outputs = {}
+    handles = [
+        m.register_forward_hook(lambda mod, i, o, n=n: outputs.__setitem__(n, o))
+        for n, m in model.named_modules()
+        if n
+    ]
+    try:
+        raw = model(x.clone().requires_grad_(True))
+    finally:
+        for h in handles:
+            h.remove()
+    selected = raw[output_index] if isinstance(raw, tuple) else raw
+    names = [n for n, o in outputs.items() if isinstance(o, torch.Tensor) and o.requires_grad]
+    grads = torch.autograd.grad(selected.sum(), [outputs[n] for n in names], allow_unused=True)
+    return {n: g is not None for n, g in zip(names, grads)}, outputs, selected
+
+
+@pytest.mark.parametrize("output_index", [0, 1])
+def test_gradient_path_and_model_output_flags_for_deep_supervision(output_index):
+    torch.manual_seed(0)
+    model = TinySegNet(ndim=3).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # frozen weights: the pass records the graph from the input
+    x = torch.randn(1, 1, 16, 16, 16)
+    infos = {i.name: i for i in find_layers.list_layers(model, x, output_index=output_index)}
+    on_path, outputs, selected = _reference_paths(model, x, output_index)
+    for name, reached in on_path.items():
+        assert infos[name].on_gradient_path == reached, name
+    head, other = ("head", "aux") if output_index == 0 else ("aux", "head")
+    assert infos[head].is_model_output and not infos[other].is_model_output
+    assert not infos[other].on_gradient_path
+    assert infos["up"].on_gradient_path == (output_index == 0)  # the decoder feeds only the main head
+
+
+def test_suggestions_for_the_readme_segmenters_avoid_heads_and_side_branches():
+    torch.manual_seed(0)
+    model = TinySegNet(ndim=3).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    suggestions = find_layers.suggest_target_layers(model, x)
+    assert [(s.name, s.role) for s in suggestions] == [("down", "bottleneck"), ("dec", "last decoder stage")]
+    assert find_layers.suggest_target_layer(model, x) == "down"  # was 'aux': no gradient path
+    # the side head itself is a valid layer only when it is not the selected output
+    assert find_layers.suggest_target_layer(model, x, output_index=1) == "down"
+    for suggestion in suggestions:
+        maps = medcam3d.GradCAM(model, [suggestion.name], output_index=0)(x, [ClassifierOutputTarget(1)])
+        assert np.isfinite(maps).all() and maps.max() > 0
+
+
+def test_no_gradient_path_error_names_output_index_and_list_layers():
+    torch.manual_seed(0)
+    model = TinySegNet(ndim=3).eval()
+    cam = medcam3d.GradCAM(model, ["aux"], output_index=0)
+    with pytest.raises(LayerOutputError, match=r"output_index=0.*list-layers|list-layers.*output_index"):
+        cam(torch.randn(1, 1, 16, 16, 16), [ClassifierOutputTarget(1)])
+    with pytest.raises(LayerNotFoundError, match="output_index"):
+        find_layers.suggest_target_layer(nn.Sequential(nn.Conv3d(1, 2, 1)), (1, 1, 4, 4, 4))
 
 
 def test_replace_layer_helpers():
