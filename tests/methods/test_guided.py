@@ -72,12 +72,17 @@ def test_pytorch_grad_cam_entry_point() -> None:
     model = Chain(3).eval()
     x = torch.randn(2, 2, 6, 10, 8)
     result = GuidedBackpropReLUModel(model, device="cpu")(x, target_category=1)
-    assert isinstance(result, np.ndarray) and result.shape == (2, 2, 6, 10, 8)
-    expected = hand_guided(model, x, [1, 1]).numpy()
+    # channels last, as pytorch-grad-cam; a batch of 2 keeps its batch axis: (N, D, H, W, C)
+    assert isinstance(result, np.ndarray) and result.shape == (2, 6, 10, 8, 2)
+    expected = hand_guided(model, x, [1, 1]).movedim(1, -1).numpy()
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-7)
     top = GuidedBackpropReLUModel(model)(x)  # target_category=None: the top class of each sample
     classes = model(x).argmax(dim=1).tolist()
-    np.testing.assert_allclose(top, hand_guided(model, x, classes).numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        top, hand_guided(model, x, classes).movedim(1, -1).numpy(), rtol=1e-5, atol=1e-7
+    )
+    one = GuidedBackpropReLUModel(model)(x[:1], target_category=1)  # one volume: (D, H, W, C)
+    np.testing.assert_allclose(one, expected[0], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])

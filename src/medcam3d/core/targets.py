@@ -26,6 +26,8 @@ __all__ = [
     "SemanticSegmentationTarget",
     "RegionTarget",
     "FinerWeightedTarget",
+    "FasterRCNNBoxScoreTarget",
+    "box_iou",
 ]
 
 
@@ -241,3 +243,51 @@ class FinerWeightedTarget:
         weights = probs.index_select(0, index)
         others = model_output.index_select(0, index)
         return (weights * (main - self.alpha * others)).sum(dim=0) / weights.sum(dim=0)
+
+
+def box_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of axis-aligned boxes ``(A, 2d)`` × ``(B, 2d)`` → ``(A, B)``.
+
+    A box is ``(min_1, …, min_d, max_1, …, max_d)``: ``(x1, y1, x2, y2)`` in 2D as torchvision,
+    ``(x1, y1, z1, x2, y2, z2)`` in 3D.
+    """
+    d = boxes_a.shape[-1] // 2
+    low = torch.maximum(boxes_a[:, None, :d], boxes_b[None, :, :d])
+    high = torch.minimum(boxes_a[:, None, d:], boxes_b[None, :, d:])
+    intersection = (high - low).clamp_min(0).prod(dim=-1)
+    volume_a = (boxes_a[:, d:] - boxes_a[:, :d]).clamp_min(0).prod(dim=-1)
+    volume_b = (boxes_b[:, d:] - boxes_b[:, :d]).clamp_min(0).prod(dim=-1)
+    union = volume_a[:, None] + volume_b[None, :] - intersection
+    return intersection / union.clamp_min(torch.finfo(intersection.dtype).tiny)
+
+
+class FasterRCNNBoxScoreTarget:
+    """pytorch-grad-cam's detection target, for boxes of any dimensionality.
+
+    For each reference box (with its label), the detection with the highest IoU counts when that
+    IoU exceeds ``iou_threshold`` and its label matches: it adds ``IoU + score``. The sum over the
+    reference boxes is the target score (0 when nothing matches). The model output is a
+    torchvision-style dict with ``"boxes"`` ``(M, 2d)``, ``"labels"`` ``(M,)`` and ``"scores"``
+    ``(M,)``. Unlike pytorch-grad-cam, the score lives on the output's device (not a guessed one).
+    """
+
+    def __init__(self, labels: Sequence[int], bounding_boxes: Any, iou_threshold: float = 0.5) -> None:
+        self.labels = list(labels)
+        self.bounding_boxes = bounding_boxes
+        self.iou_threshold = iou_threshold
+
+    def __call__(self, model_outputs: Any) -> torch.Tensor:
+        boxes = model_outputs["boxes"]
+        output = torch.zeros(
+            1, device=boxes.device, dtype=boxes.dtype if boxes.is_floating_point() else torch.float32
+        )
+        if len(boxes) == 0:
+            return output
+        for box, label in zip(self.bounding_boxes, self.labels):
+            reference = torch.as_tensor(np.asarray(box) if not isinstance(box, torch.Tensor) else box)
+            reference = reference.to(device=boxes.device, dtype=output.dtype).reshape(1, -1)
+            ious = box_iou(reference, boxes.to(output.dtype))
+            index = ious.argmax()
+            if ious[0, index] > self.iou_threshold and int(model_outputs["labels"][index]) == int(label):
+                output = output + ious[0, index] + model_outputs["scores"][index]
+        return output

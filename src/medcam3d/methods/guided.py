@@ -32,7 +32,14 @@ from medcam3d.core.tensors import minmax_normalize
 from medcam3d.errors import TargetError
 from medcam3d.methods.gradient import GradCAM
 
-__all__ = ["GuidedBackpropHooks", "guided_backprop", "GuidedBackpropReLUModel", "GuidedGradCAM"]
+__all__ = [
+    "GuidedBackpropHooks",
+    "GuidedBackpropReLU",
+    "GuidedBackpropReLUasModule",
+    "guided_backprop",
+    "GuidedBackpropReLUModel",
+    "GuidedGradCAM",
+]
 
 #: activation modules whose backward pass is guided
 GUIDED_ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -146,13 +153,39 @@ def guided_backprop(
     return grad.detach()
 
 
+class GuidedBackpropReLU(torch.autograd.Function):
+    """pytorch-grad-cam's guided ReLU as an autograd function: ``ReLU`` forward, backward
+    ``ReLU(g) · [x > 0]`` (any shape). medcam3d itself guides rectifier modules with hooks."""
+
+    @staticmethod
+    def forward(ctx: Any, input_img: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(input_img)
+        return input_img.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
+        (input_img,) = ctx.saved_tensors
+        return grad_output.clamp_min(0) * (input_img > 0).to(grad_output.dtype)
+
+
+class GuidedBackpropReLUasModule(nn.Module):
+    """:class:`GuidedBackpropReLU` as a module (pytorch-grad-cam's name)."""
+
+    def forward(self, input_img: torch.Tensor) -> torch.Tensor:
+        return GuidedBackpropReLU.apply(input_img)
+
+
 class GuidedBackpropReLUModel:
     """pytorch-grad-cam's guided-backpropagation entry point, N-D and batched.
 
     ``GuidedBackpropReLUModel(model, device)(input_img, target_category=None)`` returns the guided
-    gradient as a float32 numpy array ``(N, C, *S)`` (pytorch-grad-cam returns ``(H, W, C)`` for
-    one 2D image; use ``np.moveaxis(result[0], 0, -1)`` for that layout). ``device`` moves the
-    model there when given.
+    gradient as a float32 numpy array with the channels **last**, as pytorch-grad-cam:
+    ``(H, W, C)`` for one 2D image ``(1, C, H, W)``, ``(D, H, W, C)`` for one volume, so
+    ``cam_mask[..., None] * gb`` works. For a batch of ``N > 1`` the batch axis is kept:
+    ``(N, *S, C)`` (pytorch-grad-cam explains only the first sample). ``target_category``: a class
+    index for every sample, one per sample, targets, or ``None`` (each sample's top class).
+    ``device`` moves the model there when given. :func:`guided_backprop` returns the torch
+    ``(N, C, *S)`` gradient on the model's device.
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None) -> None:
@@ -164,7 +197,8 @@ class GuidedBackpropReLUModel:
 
     def __call__(self, input_img: torch.Tensor, target_category: Any = None) -> np.ndarray:
         grad = guided_backprop(self.model, input_img.to(self.device), target_category)
-        return grad.to("cpu", torch.float32).numpy()
+        channels_last = grad.to("cpu", torch.float32).movedim(1, -1).numpy()
+        return channels_last[0] if channels_last.shape[0] == 1 else channels_last
 
 
 @dataclass

@@ -36,6 +36,9 @@ def _entries() -> list[MethodInfo]:
     )
     from medcam3d.methods.guided import GuidedGradCAM
     from medcam3d.methods.perturbation import AblationCAM, ScoreCAM
+    from medcam3d.methods.refine import RefineCAM
+    from medcam3d.methods.seg_eigen import SegEigenCAM
+    from medcam3d.methods.sess import SESS
     from medcam3d.methods.shapley import ShapleyCAM
 
     rows = [
@@ -57,6 +60,14 @@ def _entries() -> list[MethodInfo]:
         ("segxrescam", SegXResCAM, "HiResCAM with block-pooled gradients (segmentation)", True),
         ("randomcam", RandomCAM, "random channel weights: a baseline (gradient-free)", False),
         ("guidedgradcam", GuidedGradCAM, "guided backpropagation x Grad-CAM", True),
+        (
+            "segeigencam",
+            SegEigenCAM,
+            "sign-corrected first principal component of |gradient| x activation",
+            True,
+        ),
+        ("refinecam", RefineCAM, "product of the layers' max-scaled maps (base: Grad-CAM++)", True),
+        ("sess", SESS, "base method on sliding windows at several scales, fused (slow)", True),
     ]
     return [MethodInfo(name, cls, description, grads) for name, cls, description, grads in rows]
 

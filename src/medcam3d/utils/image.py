@@ -6,7 +6,7 @@ from matplotlib by name. Like pytorch-grad-cam, overlays are BGR unless ``use_rg
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Union
 
 import numpy as np
@@ -24,6 +24,9 @@ __all__ = [
     "scale_accross_batch_and_channels",
     "deprocess_image",
     "preprocess_image",
+    "cam_resize",
+    "create_labels_legend",
+    "show_factorization_on_image",
 ]
 
 #: OpenCV's constant for the JET colour map (the default of ``show_cam_on_image``)
@@ -184,8 +187,13 @@ def preprocess_image(
     std: Sequence[float] = (0.5, 0.5, 0.5),
 ) -> torch.Tensor:
     """Normalise an image and make a batch of one: ``(H, W, C)`` → ``(1, C, H, W)``; a volume
-    ``(D, H, W)`` (or ``(D, H, W, C)``) → ``(1, C, D, H, W)``. ``mean``/``std`` per channel."""
-    arr = np.asarray(img, dtype=np.float32)
+    ``(D, H, W)`` (or ``(D, H, W, C)``) → ``(1, C, D, H, W)``. ``mean``/``std`` per channel.
+
+    A uint8 image is scaled by 1/255 first, as torchvision's ``ToTensor`` (which
+    pytorch-grad-cam uses); float images are taken as they are.
+    """
+    raw = np.asarray(img)
+    arr = raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8 else raw.astype(np.float32)
     if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4) and len(mean) == arr.shape[-1]:
         channels_last = arr  # a 2D colour image (H, W, C)
     elif arr.ndim in (2, 3):
@@ -202,3 +210,128 @@ def preprocess_image(
     normalised = (channels_last - m) / s
     moved = np.moveaxis(normalised, -1, 0)
     return torch.from_numpy(np.ascontiguousarray(moved))[None]
+
+
+def cam_resize(cam: np.ndarray, target_size: Sequence[int] | None = None) -> np.ndarray:
+    """The original medcam3d's resize: maps ``(N, *s)`` → ``(N, *size)``, linear, no rescaling of values.
+
+    ``target_size`` in the same order as :func:`scale_cam_image` (OpenCV's, the reverse of the
+    array's axes: ``(W, H)``, ``(W, H, D)``), which is what ``cam.get_target_width_height(x)``
+    returns. (The original passed that reversed size to MONAI's ``Resize`` for volumes, which
+    transposed non-cubic volumes; this does not.) ``None`` returns the maps unchanged, as float32.
+    """
+    cam = np.asarray(cam, dtype=np.float32)
+    if target_size is None:
+        return cam
+    if len(target_size) != cam.ndim - 1:
+        raise InputShapeError(
+            f"target_size {tuple(target_size)} has {len(target_size)} entries but the maps have "
+            f"{cam.ndim - 1} spatial axes."
+        )
+    return _resize_numpy(cam, tuple(target_size)[::-1])
+
+
+def create_labels_legend(concept_scores: np.ndarray, labels: Mapping[int, str], top_k: int = 2) -> list[str]:
+    """For each concept (a row of ``concept_scores`` ``(concepts, classes)``), its ``top_k`` classes
+    as ``"name:score"`` lines (the first three comma-separated parts of the name), as pytorch-grad-cam."""
+    scores = np.asarray(concept_scores)
+    best = np.argsort(scores, axis=1)[:, ::-1][:, :top_k]
+    legend = []
+    for concept, categories in enumerate(best):
+        lines = []
+        for category in categories:
+            name = ",".join(str(labels[int(category)]).split(",")[:3])
+            lines.append(f"{name}:{scores[concept, category]:.2f}")
+        legend.append("\n".join(lines))
+    return legend
+
+
+def _default_colors(count: int) -> list[np.ndarray]:
+    from medcam3d.errors import require_extra
+
+    require_extra("matplotlib", "viz", "the default concept colours (gist_rainbow)")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["gist_rainbow"]
+    return [np.asarray(cmap(i), dtype=np.float32) for i in np.arange(0, 1, 1.0 / count)]
+
+
+def _legend_image(
+    height: int, width: int, colors: Sequence[np.ndarray], concept_labels: Sequence[str]
+) -> np.ndarray:
+    from medcam3d.errors import require_extra
+
+    require_extra("matplotlib", "viz", "the concept legend")
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import pyplot as plt
+    from matplotlib.lines import Line2D
+
+    px = 1 / plt.rcParams["figure.dpi"]
+    fig = plt.figure(figsize=(width * px, height * px))
+    try:
+        count = len(concept_labels)
+        fontsize = max(1, int(14 * height / 256 / max(1, count / 6)))
+        lines = [Line2D([0], [0], color=colors[i][:3], lw=5 * height / 256) for i in range(count)]
+        plt.legend(lines, list(concept_labels), mode="expand", fancybox=True, shadow=True, fontsize=fontsize)
+        plt.tight_layout(pad=0, w_pad=0, h_pad=0)
+        plt.axis("off")
+        fig.canvas.draw()
+        data = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]
+    finally:
+        plt.close(fig)
+    if data.shape[:2] != (height, width):
+        t = torch.from_numpy(data.astype(np.float32)).permute(2, 0, 1)[None]
+        t = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
+        data = t[0].permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).numpy()
+    return data
+
+
+def show_factorization_on_image(
+    img: np.ndarray,
+    explanations: np.ndarray,
+    colors: Sequence[np.ndarray] | None = None,
+    image_weight: float = 0.5,
+    concept_labels: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Colour each voxel by the concept whose map is strongest there, brightness = that map.
+
+    Args:
+        img: float RGB in [0, 1], ``(H, W, 3)`` (or a volume ``(D, H, W, 3)``).
+        explanations: ``(concepts, *S)`` maps in [0, 1] (not modified).
+        colors: one RGB(A) colour in [0, 1] per concept (default: matplotlib's ``gist_rainbow``).
+        image_weight: result = ``image_weight · img + (1 − image_weight) · colours``.
+        concept_labels: one legend entry per concept; a legend of the same size is appended to
+            the right (2D images only; needs matplotlib).
+
+    Returns:
+        uint8 ``(H, W, 3)`` (``(H, 2W, 3)`` with the legend), as pytorch-grad-cam. Setting HSV's
+        value of a constant colour to ``v`` scales its RGB by ``v / max(RGB)``: that is how the
+        brightness is applied (pytorch-grad-cam goes through OpenCV's uint8 HSV, ±1 level apart).
+    """
+    image = np.asarray(img, dtype=np.float32)
+    maps = np.asarray(explanations, dtype=np.float32)
+    count = maps.shape[0]
+    if image.shape[:-1] != maps.shape[1:] or image.shape[-1] != 3:
+        raise InputShapeError(
+            f"The image {image.shape} and the explanations {maps.shape} do not match: expected an RGB image "
+            "(*S, 3) and (concepts, *S) maps."
+        )
+    palette = list(colors) if colors is not None else _default_colors(count)
+    winner = maps.argmax(axis=0)
+    mask = np.zeros(image.shape, dtype=np.float32)
+    for i in range(count):
+        color = np.asarray(palette[i], dtype=np.float32)[:3]
+        peak = float(color.max())
+        value = np.where(winner == i, np.clip(maps[i], 0.0, 1.0), 0.0)
+        if peak > 0:
+            mask += value[..., None] * (color / peak)
+    result = image * image_weight + mask * (1 - image_weight)
+    result = np.uint8(np.clip(result, 0.0, 1.0) * 255)
+    if concept_labels is not None:
+        if result.ndim != 3:
+            raise InputShapeError("The concept legend is drawn for 2D images only; pass concept_labels=None.")
+        legend = _legend_image(result.shape[0], result.shape[1], palette, concept_labels)
+        result = np.hstack((result, legend))
+    return result
