@@ -1,7 +1,7 @@
 """``medcam3d demo``: a real 3D scan, a trained lesion detector and its CAMs, end to end.
 
 >>> from medcam3d.demo import run_demo          # doctest: +SKIP
->>> result = run_demo("demo_out", methods=["gradcam", "hirescam"])   # doctest: +SKIP
+>>> result = run_demo("demo_out", methods=["hirescam", "layercam"])   # doctest: +SKIP
 >>> result.hits, result.lesion_mni                                    # doctest: +SKIP
 
 The package's top level stays light (``medcam3d --help`` must not pay for the demo): the names
@@ -15,8 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from medcam3d.demo.runner import (
+        AUTO_LAYER,
+        DEFAULT_CANDIDATE_LAYERS,
         DEFAULT_METHODS,
+        DEFAULT_REFERENCE_METHODS,
         DEFAULT_SEED,
+        DEFAULT_STEPS,
         DEFAULT_TOLERANCE_MM,
         DemoResult,
         MethodResult,
@@ -25,8 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
     )
 
 __all__ = [
+    "AUTO_LAYER",
+    "DEFAULT_CANDIDATE_LAYERS",
     "DEFAULT_METHODS",
+    "DEFAULT_REFERENCE_METHODS",
     "DEFAULT_SEED",
+    "DEFAULT_STEPS",
     "DEFAULT_TOLERANCE_MM",
     "DemoResult",
     "MethodResult",
