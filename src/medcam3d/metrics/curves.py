@@ -55,7 +55,14 @@ from medcam3d.metrics._common import (
     score_rows,
 )
 
-__all__ = ["CurveResult", "deletion_curve", "insertion_curve", "deletion_insertion", "voxel_ranking"]
+__all__ = [
+    "CurveResult",
+    "deletion_curve",
+    "insertion_curve",
+    "deletion_insertion",
+    "voxel_order",
+    "voxel_ranking",
+]
 
 Order = Literal["most_relevant_first", "least_relevant_first"]
 Baseline = Literal["zero", "blur", "mean"] | torch.Tensor
@@ -82,19 +89,25 @@ class CurveResult:
     order: str
 
 
-def voxel_ranking(cams: torch.Tensor, order: Order = "most_relevant_first") -> torch.Tensor:
-    """The rank of every voxel: ``(N, *S)`` maps → ``(N, V)`` int64 with ``V = prod(S)``, where
-    ``rank[i, v] = r`` means voxel ``v`` (flat C-order index) is changed at position ``r``.
+def voxel_order(cams: torch.Tensor, order: Order = "most_relevant_first") -> torch.Tensor:
+    """The voxels in the order they are changed: ``(N, *S)`` maps → ``(N, V)`` int64 flat
+    (C-order) voxel indices, ``V = prod(S)``.
 
     Decreasing map value for most-relevant-first, increasing for least-relevant-first; ties by
-    increasing flat index (stable sort).
+    increasing flat index (a stable sort).
     """
     if order not in _ORDERS:
         raise ConfigurationError(f"order must be one of {_ORDERS}, got {order!r}.")
     flat = cams.reshape(cams.shape[0], -1)
-    permutation = torch.sort(flat, dim=1, descending=order == "most_relevant_first", stable=True).indices
+    return torch.sort(flat, dim=1, descending=order == "most_relevant_first", stable=True).indices
+
+
+def voxel_ranking(cams: torch.Tensor, order: Order = "most_relevant_first") -> torch.Tensor:
+    """The rank of every voxel: ``(N, *S)`` maps → ``(N, V)`` int64, where ``rank[i, v] = r`` means
+    voxel ``v`` (flat C-order index) is changed at position ``r`` (the inverse of :func:`voxel_order`)."""
+    permutation = voxel_order(cams, order)
     ranks = torch.empty_like(permutation)
-    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(permutation)
+    positions = torch.arange(permutation.shape[1], device=permutation.device).expand_as(permutation)
     ranks.scatter_(1, permutation, positions)
     return ranks
 
@@ -157,37 +170,58 @@ def _curves(
     n = x.shape[0]
     voxels = int(np.prod(x.shape[2:]))
     counts = [(k * voxels) // steps for k in range(steps + 1)]
-    # the distinct states of one sample: (is_insertion, count); both curves share the input itself
+    # the distinct states of one sample: (is_insertion, step); both curves share the input itself
     # (deletion 0 = insertion T) and the all-baseline input (deletion T = insertion 0)
-    states: list[tuple[bool, int]] = []
+    states: list[tuple[bool, int]] = []  # (insertion, step k)
     where: dict[tuple[str, int], int] = {}
     for kind in kinds:
         for k, count in enumerate(counts):
             insertion = kind == "insertion"
             changed_to_baseline = voxels - count if insertion else count
             key = ("state", changed_to_baseline) if changed_to_baseline in (0, voxels) else (kind, k)
-            canonical = (False, changed_to_baseline) if key[0] == "state" else (insertion, count)
+            canonical = (
+                (False, 0 if changed_to_baseline == 0 else steps) if key[0] == "state" else (insertion, k)
+            )
             if key not in where:
                 where[key] = len(states)
                 states.append(canonical)
             where[(kind, k)] = where[key]
     with model_state(model, eval_mode=True, freeze_parameters=False), torch.inference_mode():
-        ranks = voxel_ranking(maps, order).reshape(n, 1, *x.shape[2:])
+        # the step at which each voxel is changed: voxel of rank r at the first k with floor(kV/T) > r
+        count_tensor = torch.tensor(counts, device=device)
+        ranks = voxel_ranking(maps, order)
+        step_dtype = torch.int16 if steps < 2**15 else torch.int32
+        step_of_voxel = torch.searchsorted(count_tensor, ranks, right=True).to(step_dtype)
+        step_of_voxel = step_of_voxel.reshape(n, 1, *x.shape[2:])  # (N, 1, *S)
+        del ranks
         base = _baseline(baseline, x, blur_sigma)
         size = chunk_size(model, x[:1], batch_memory_bytes, batch_size)
         if listed is None:
             listed = predicted_targets(model, x, size, output_index, probability=True)
         per_sample = len(states)
-        insert_flags = torch.tensor([s[0] for s in states], device=device)
-        state_counts = torch.tensor([s[1] for s in states], device=device)
+        state_steps = torch.tensor([k for _, k in states], device=device, dtype=step_dtype)
+        spread = (-1, *([1] * (x.ndim - 1)))
+        workspace = torch.empty((min(size, n * per_sample), *x.shape[1:]), dtype=x.dtype, device=device)
 
         def build(start: int, stop: int) -> tuple[torch.Tensor, list[int]]:
-            rows = torch.arange(start, stop, device=device)
-            samples, state = rows // per_sample, rows % per_sample
-            shape = (-1, *([1] * (x.ndim - 1)))
-            first = ranks[samples] < state_counts[state].reshape(shape)
-            take_base = first != insert_flags[state].reshape(shape)
-            return torch.where(take_base, base[samples], x[samples]), samples.tolist()
+            # one workspace reused by every chunk (a chunk is scored before the next is built); each
+            # run of rows of one sample and one curve is one broadcast compare and one torch.where
+            batch = workspace[: stop - start]
+            keys = [(index // per_sample, states[index % per_sample][0]) for index in range(start, stop)]
+            row = 0
+            while row < len(keys):
+                end = row
+                while end < len(keys) and keys[end] == keys[row]:
+                    end += 1
+                sample, insertion = keys[row]
+                state = torch.arange(start + row, start + end, device=device) % per_sample
+                thresholds = state_steps[state].reshape(spread)
+                step = step_of_voxel[sample]  # (1, *S)
+                # deletion: the voxels changed by step k are baseline; insertion: the others are
+                take_base = step > thresholds if insertion else step <= thresholds
+                torch.where(take_base, base[sample], x[sample], out=batch[row:end])
+                row = end
+            return batch, [sample for sample, _ in keys]
 
         scores = score_rows(
             model, n * per_sample, build, listed, size, output_index, progress, "deletion/insertion"
