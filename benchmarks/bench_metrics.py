@@ -121,7 +121,7 @@ def curves_benchmark(size: int, steps: int, rounds: int) -> None:
         print(f"{name:40s} {median:9.3f} {median / reference:7.2f}")
 
 
-def road_benchmark(size: int) -> None:
+def road_benchmark(size: int, rounds: int) -> None:
     torch.manual_seed(0)
     volume = torch.rand(1, size, size, size)
     masks = {"random half": torch.rand(size, size, size) > 0.5, "ball (half)": ball_keep(size)}
@@ -150,7 +150,8 @@ def road_benchmark(size: int) -> None:
     print(
         f"peak memory growth (random half, float64): {sizes[0]}³ {peaks[0]:.0f} MB, {sizes[1]}³ {peaks[1]:.0f} MB "
         f"-> ratio {peaks[1] / peaks[0]:.1f} for {(sizes[1] / sizes[0]) ** 3:.0f}× the voxels "
-        f"({peaks[1] * 2**20 / size**3:.0f} bytes per voxel)"
+        f"({peaks[1] * 2**20 / size**3:.0f} bytes per voxel at {size}³; "
+        f"{(peaks[1] - peaks[0]) * 2**20 / (size**3 - sizes[0] ** 3):.0f} bytes per added voxel)"
     )
 
 
@@ -198,7 +199,7 @@ def main() -> None:
     if args.part in ("all", "curves"):
         curves_benchmark(args.size, args.steps, args.rounds)
     if args.part in ("all", "road"):
-        road_benchmark(args.size)
+        road_benchmark(args.size, args.rounds)
 
 
 if __name__ == "__main__":
