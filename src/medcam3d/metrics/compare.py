@@ -202,6 +202,18 @@ class CompareResult:
                 return row
         raise ConfigurationError(f"No row for method {method!r} on layer {layer!r}.")
 
+    def rerank(self, rank_by: str) -> CompareResult:
+        """The same rows ranked by another column of :data:`RANK_KEYS` (a new result; rows are copies)."""
+        import copy
+
+        if rank_by not in RANK_KEYS or rank_by == "auto":
+            raise ConfigurationError(f"rank_by must be one of {', '.join(RANK_KEYS[1:])}, got {rank_by!r}.")
+        if not any(math.isfinite(r.value(rank_by)) for r in self.rows):
+            raise ConfigurationError(f"Cannot rank by {rank_by!r}: it was not computed for these rows.")
+        rows = [copy.copy(r) for r in self.rows]
+        _rank(rows, rank_by)
+        return CompareResult(rows=rows, rank_by=rank_by, settings=dict(self.settings))
+
     def to_rows(self) -> list[dict[str, Any]]:
         """One plain ``dict`` per row, best first (no maps)."""
         return [row.to_dict() for row in self.rows]
@@ -572,6 +584,7 @@ def compare(
     baseline: Any = "zero",
     road: bool = False,
     road_percentiles: Sequence[float] = (20, 50, 80),
+    road_imputer: Any = None,
     sanity: bool = False,
     rank_by: str = "auto",
     method_kwargs: dict[str, dict[str, Any]] | None = None,
@@ -604,6 +617,8 @@ def compare(
         steps: curve steps (``2 · steps`` forward passes per row and sample).
         baseline: the curves' baseline (``"zero"``, ``"blur"``, ``"mean"`` or a tensor).
         road: compute ROADCombined over ``road_percentiles`` (costly on volumes).
+        road_imputer: ROAD's imputer (default ``NoisyLinearImputer()``, noise 0.01; pass
+            ``NoisyLinearImputer(generator=...)`` or ``noise=0`` for repeatable scores).
         sanity: compute the randomisation similarity (not with ``patch_size``).
         rank_by: ``"auto"`` or a column of :data:`RANK_KEYS`.
         method_kwargs: ``{method name: {option: value}}`` for the method constructors (a method
@@ -704,7 +719,17 @@ def compare(
                 if faithfulness:
                     _score_curves(row, scorer, x, maps, score_targets, steps, baseline, memory, batch_size)
                 if road:
-                    _score_road(row, scorer, x, maps, score_targets, road_percentiles, memory, batch_size)
+                    _score_road(
+                        row,
+                        scorer,
+                        x,
+                        maps,
+                        score_targets,
+                        road_percentiles,
+                        road_imputer,
+                        memory,
+                        batch_size,
+                    )
                 if sanity:
                     assert top_group is not None
                     _score_sanity(row, model, cls, kwargs, layer, x, cam_targets, top_group)
@@ -773,13 +798,14 @@ def _score_road(
     maps: np.ndarray,
     targets: list[Any],
     percentiles: Sequence[float],
+    imputer: Any,
     memory: int,
     batch_size: int | None,
 ) -> None:
     from medcam3d.metrics.road import ROADCombined
 
     tic = time.perf_counter()
-    values = ROADCombined(percentiles=list(percentiles))(
+    values = ROADCombined(percentiles=list(percentiles), imputer=imputer)(
         x, maps, targets, scorer, batch_memory_bytes=memory, batch_size=batch_size
     )
     row.road = float(np.mean(values))
