@@ -15,13 +15,13 @@ from medcam3d.utils.model_targets import SemanticSegmentationTarget
 NAMES = [
     "gradcam", "gradcam++", "hirescam", "gradcamelementwise", "xgradcam", "layercam", "eigencam",
     "eigengradcam", "kpcacam", "ablationcam", "scorecam", "fullgrad", "shapleycam", "fem", "finercam",
-    "segxrescam", "randomcam", "guidedgradcam",
+    "segxrescam", "randomcam", "guidedgradcam", "segeigencam", "refinecam", "sess",
 ]  # fmt: skip
 
 
 def build(name: str, model: torch.nn.Module, layer: torch.nn.Module) -> object:
     cls = medcam3d.available_methods()[name]
-    kwargs: dict[str, object] = {"progress": False} if name in ("scorecam", "ablationcam") else {}
+    kwargs: dict[str, object] = {"progress": False} if name in ("scorecam", "ablationcam", "sess") else {}
     if name == "fullgrad":
         return cls(model)
     return cls(model, [layer], **kwargs)

@@ -6,6 +6,7 @@ from matplotlib by name. Like pytorch-grad-cam, overlays are BGR unless ``use_rg
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Union
 
@@ -275,7 +276,9 @@ def _legend_image(
         fontsize = max(1, int(14 * height / 256 / max(1, count / 6)))
         lines = [Line2D([0], [0], color=colors[i][:3], lw=5 * height / 256) for i in range(count)]
         plt.legend(lines, list(concept_labels), mode="expand", fancybox=True, shadow=True, fontsize=fontsize)
-        plt.tight_layout(pad=0, w_pad=0, h_pad=0)
+        with warnings.catch_warnings():  # a legend taller than a small image cannot be laid out tightly
+            warnings.simplefilter("ignore", UserWarning)
+            plt.tight_layout(pad=0, w_pad=0, h_pad=0)
         plt.axis("off")
         fig.canvas.draw()
         data = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]
