@@ -31,11 +31,13 @@ from medcam3d.core.protocol import CAMMethod
 from medcam3d.core.targets import ClassifierOutputTarget, SemanticSegmentationTarget
 from medcam3d.errors import (
     ConfigurationError,
+    GeometryError,
     InputFileError,
     InputShapeError,
     LayerNotFoundError,
     LayerOutputError,
     MedCAMError,
+    NonFiniteInputError,
     OutputPathError,
     TargetError,
 )
@@ -306,6 +308,22 @@ def _probe_size(model: LoadedModel, settings: ExplainSettings) -> tuple[tuple[in
     return None, "size"
 
 
+def _first_readable(
+    loaded: LoadedModel, cases: Sequence[Case], settings: ExplainSettings
+) -> tuple[torch.Tensor, str]:
+    """The preprocessed tensor of the first case that reads (a broken case fails later, alone)."""
+    first: MedCAMError | None = None
+    for case in cases:
+        try:
+            tensor = prepare_case(loaded, case, settings).tensor
+        except (InputFileError, GeometryError, NonFiniteInputError) as exc:
+            first = first or exc
+            continue
+        return tensor, f"the preprocessed size of case {case.identifier!r}"
+    assert first is not None
+    raise first
+
+
 def prepare_model(
     loaded: LoadedModel, settings: ExplainSettings, cases: Sequence[Case] = (), channels: int | None = None
 ) -> ExplainModel:
@@ -338,8 +356,7 @@ def prepare_model(
             raise ConfigurationError(
                 "Give --input-size or --patch-size (or at least one case) to check the model."
             )
-        x = prepare_case(loaded, cases[0], settings).tensor
-        what = f"the preprocessed size of case {cases[0].identifier!r}"
+        x, what = _first_readable(loaded, cases, settings)
     output = _probe_forward(network, x, what, settings.output_index)
     spatial_out = output.ndim == x.ndim
     task = "segmentation" if spatial_out else "classification"
