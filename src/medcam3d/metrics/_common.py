@@ -11,7 +11,6 @@ probe forward of a single sample, cached per model and input shape), the idea of
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -20,6 +19,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from medcam3d.core.checks import select_output
+from medcam3d.core.memory import DEFAULT_BATCH_MEMORY_BYTES, forward_bytes_per_sample
 from medcam3d.core.targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from medcam3d.errors import (
     ConfigurationError,
@@ -28,14 +29,12 @@ from medcam3d.errors import (
     NonFiniteInputError,
     TargetError,
 )
-from medcam3d.methods.perturbation import DEFAULT_BATCH_MEMORY_BYTES
 
 __all__ = ["DEFAULT_BATCH_MEMORY_BYTES"]
 
 Target = Callable[[torch.Tensor], Any]
 OutputIndex = int | str
 
-_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], int]] = weakref.WeakKeyDictionary()
 
 
 def check_input(input_tensor: Any) -> torch.Tensor:
@@ -121,36 +120,6 @@ def check_targets(targets: Any, batch: int) -> list[Target] | None:
     return listed
 
 
-def select_output(raw_output: Any, output_index: OutputIndex = 0) -> torch.Tensor:
-    """The tensor of scores in a model output: the output itself, or the element ``output_index``
-    of a tuple/list (deep supervision: 0 is the full-resolution output) or dict."""
-    out = raw_output
-    if isinstance(out, dict):
-        key: Any = output_index
-        if key not in out:
-            if isinstance(key, int) and 0 <= key < len(out):
-                key = list(out.keys())[key]
-            else:
-                raise ModelOutputError(
-                    f"The model returns a dict with keys {list(out.keys())}; output_index={output_index!r} "
-                    "is not one of them. Pass output_index=<key>."
-                )
-        out = out[key]
-    elif isinstance(out, (tuple, list)):
-        if not isinstance(output_index, int) or not -len(out) <= output_index < len(out):
-            raise ModelOutputError(
-                f"The model returns a {type(out).__name__} of {len(out)} elements; output_index="
-                f"{output_index!r} does not pick one. Pass an index from 0 to {len(out) - 1}."
-            )
-        out = out[output_index]
-    if not isinstance(out, torch.Tensor):
-        raise ModelOutputError(
-            f"The selected model output is a {type(out).__name__}, not a tensor. "
-            "Use output_index to pick the tensor of scores."
-        )
-    return out
-
-
 def check_batching(batch_memory_bytes: int, batch_size: int | None) -> None:
     if (
         isinstance(batch_memory_bytes, bool)
@@ -166,41 +135,13 @@ def check_batching(batch_memory_bytes: int, batch_size: int | None) -> None:
         raise ConfigurationError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
 
 
-def sample_forward_bytes(model: nn.Module, sample: torch.Tensor) -> int:
-    """Estimated memory of an inference-mode forward pass of one sample ``(1, C, *S)``, in bytes.
-
-    One probe forward with a hook on every leaf module records the largest output; the estimate
-    (twice the input + twice that output) is cached per model, shape, dtype and device.
-    """
-    key = (tuple(sample.shape), sample.dtype, str(sample.device))
-    cache = _PROBES.setdefault(model, {})
-    if key in cache:
-        return cache[key]
-    largest = [0]
-
-    def record(module: nn.Module, inputs: object, output: object) -> None:
-        if isinstance(output, torch.Tensor):
-            largest[0] = max(largest[0], output.numel() * output.element_size())
-
-    handles = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.inference_mode():
-            model(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-    estimate = 2 * sample.numel() * sample.element_size() + 2 * largest[0]
-    cache[key] = estimate
-    return estimate
-
-
 def chunk_size(
     model: nn.Module, sample: torch.Tensor, batch_memory_bytes: int, batch_size: int | None
 ) -> int:
     """Rows per chunk of perturbed forward passes: ``batch_size``, or the budget / one row's estimate."""
     if batch_size is not None:
         return int(batch_size)
-    return max(1, int(batch_memory_bytes) // max(1, sample_forward_bytes(model, sample)))
+    return max(1, int(batch_memory_bytes) // max(1, forward_bytes_per_sample(model, sample)))
 
 
 def row_scores(output: torch.Tensor, targets: Sequence[Target], samples: Sequence[int]) -> torch.Tensor:
