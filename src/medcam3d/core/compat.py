@@ -351,7 +351,7 @@ class PytorchGradCAMHooks:
         parameters = inspect.signature(hook).parameters
         if klass is not PytorchGradCAMHooks and len(parameters) == 1:
             arrays = [m.detach().to("cpu", torch.float32).numpy()[:, None] for m in layer_maps]
-            return _as_tensor(hook(arrays), layer_maps[0]).to(torch.float32)  # type: ignore[call-arg]
+            return _as_tensor(hook(arrays), layer_maps[0]).to(torch.float32)
         return hook(layer_maps, normalize)
 
     def _record_call(self, activations: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:

@@ -321,7 +321,7 @@ class AblationLayer(nn.Module):
         sample = activations[input_batch_index].clone().unsqueeze(0)
         self.activations = sample.repeat(num_channels_to_ablate, *([1] * (sample.ndim - 1)))
 
-    def __call__(self, x: Any = None) -> Any:  # type: ignore[override]
+    def __call__(self, x: Any = None) -> Any:
         output = self.activations
         value = _ablation_value(output)
         for row in range(output.size(0)):
@@ -332,7 +332,7 @@ class AblationLayer(nn.Module):
 class AblationLayerVit(AblationLayer):
     """:class:`AblationLayer` for transformer tokens ``(N, tokens, channels)``: the channel axis is last."""
 
-    def __call__(self, x: Any = None) -> Any:  # type: ignore[override]
+    def __call__(self, x: Any = None) -> Any:
         output = self.activations.transpose(1, self.activations.ndim - 1)
         value = _ablation_value(output)
         for row in range(output.size(0)):
@@ -355,7 +355,7 @@ class AblationLayerFasterRCNN(AblationLayer):
             sample = value[input_batch_index].clone().unsqueeze(0)
             self.activations[key] = sample.repeat(num_channels_to_ablate, *([1] * (sample.ndim - 1)))
 
-    def __call__(self, x: Any = None) -> Any:  # type: ignore[override]
+    def __call__(self, x: Any = None) -> Any:
         result = self.activations
         rows = next(iter(result.values())).size(0)
         for row in range(rows):

@@ -257,6 +257,11 @@ def _default_colors(count: int) -> list[np.ndarray]:
     return [np.asarray(cmap(i), dtype=np.float32) for i in np.arange(0, 1, 1.0 / count)]
 
 
+def _rgb_tuple(color: np.ndarray) -> tuple[float, float, float]:
+    r, g, b = (float(c) for c in np.asarray(color)[:3])
+    return (r, g, b)
+
+
 def _legend_image(
     height: int, width: int, colors: Sequence[np.ndarray], concept_labels: Sequence[str]
 ) -> np.ndarray:
@@ -274,7 +279,7 @@ def _legend_image(
     try:
         count = len(concept_labels)
         fontsize = max(1, int(14 * height / 256 / max(1, count / 6)))
-        lines = [Line2D([0], [0], color=colors[i][:3], lw=5 * height / 256) for i in range(count)]
+        lines = [Line2D([0], [0], color=_rgb_tuple(colors[i]), lw=5 * height / 256) for i in range(count)]
         plt.legend(lines, list(concept_labels), mode="expand", fancybox=True, shadow=True, fontsize=fontsize)
         with warnings.catch_warnings():  # a legend taller than a small image cannot be laid out tightly
             warnings.simplefilter("ignore", UserWarning)
@@ -331,7 +336,7 @@ def show_factorization_on_image(
         if peak > 0:
             mask += value[..., None] * (color / peak)
     result = image * image_weight + mask * (1 - image_weight)
-    result = np.uint8(np.clip(result, 0.0, 1.0) * 255)
+    result = (np.clip(result, 0.0, 1.0) * 255).astype(np.uint8)
     if concept_labels is not None:
         if result.ndim != 3:
             raise InputShapeError("The concept legend is drawn for 2D images only; pass concept_labels=None.")
