@@ -67,7 +67,12 @@ def test_first_run_writes_outputs_and_a_manifest_that_describes_them(tmp_path: P
     assert summary.done == [c.identifier for c in cases] and summary.ok and summary.exit_code == 0
     assert helpers.calls(log) == summary.done and helpers.calls(log, "init") == ["-"]
     manifest = json.loads((out / MANIFEST_NAME).read_text())
-    assert manifest["settings"] == {"classes": [1], "layer": "conv2", "method": "gradcam", "model": "/models/tiny.pt"}
+    assert manifest["settings"] == {
+        "classes": [1],
+        "layer": "conv2",
+        "method": "gradcam",
+        "model": "/models/tiny.pt",
+    }
     for case in cases:
         record = manifest["cases"][case.identifier]
         scan = case.files[0]
@@ -105,14 +110,20 @@ def test_changed_input_missing_or_truncated_output_recompute_only_that_case(tmp_
     cases = helpers.make_cases(tmp_path / "in", 5)
     out, log = tmp_path / "out", tmp_path / "log"
     run(cases, out, log)
-    helpers.write_scan(cases[1].files[0], np.random.default_rng(7).normal(size=helpers.SHAPE).astype(np.float32))
+    helpers.write_scan(
+        cases[1].files[0], np.random.default_rng(7).normal(size=helpers.SHAPE).astype(np.float32)
+    )
     (out / "case_002_gradcam.nii.gz").unlink()
     with open(out / "case_003_scores.npy", "r+b") as stream:
         stream.truncate(10)
     os.utime(cases[4].files[0], ns=(1, 1))  # touched: same content, other time -> re-hashed, still finished
     log.unlink()
     plan = plan_batch(cases, out, SETTINGS)
-    assert plan.reasons == {"case_001": "inputs changed", "case_002": "outputs missing", "case_003": "outputs missing"}
+    assert plan.reasons == {
+        "case_001": "inputs changed",
+        "case_002": "outputs missing",
+        "case_003": "outputs missing",
+    }
     summary = run(cases, out, log)
     assert summary.done == ["case_001", "case_002", "case_003"]
     assert summary.skipped == ["case_000", "case_004"]
@@ -136,9 +147,9 @@ def test_verify_hashes_rereads_inputs_whose_stat_is_unchanged(tmp_path: Path) ->
     scan.write_bytes(bytes(data))
     os.utime(scan, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert plan_batch(cases, out, SETTINGS).to_run == []  # the cheap check trusts size + time
-    assert [c.identifier for c in plan_batch(cases, out, SETTINGS, BatchOptions(verify_hashes=True)).to_run] == [
-        "case_000"
-    ]
+    assert [
+        c.identifier for c in plan_batch(cases, out, SETTINGS, BatchOptions(verify_hashes=True)).to_run
+    ] == ["case_000"]
 
 
 def test_other_settings_are_refused_naming_them_and_overwrite_recomputes(tmp_path: Path) -> None:
@@ -280,7 +291,9 @@ def test_keyboard_interrupt_keeps_the_finished_cases(tmp_path: Path) -> None:
             return super().process(case, prepared, context)
 
     with pytest.raises(KeyboardInterrupt):
-        run_batch(cases, functools.partial(Interrupted, log=str(log)), out, SETTINGS, BatchOptions(quiet=True))
+        run_batch(
+            cases, functools.partial(Interrupted, log=str(log)), out, SETTINGS, BatchOptions(quiet=True)
+        )
     assert list(json.loads((out / MANIFEST_NAME).read_text())["cases"]) == ["case_000", "case_001"]
     log.unlink()
     assert run(cases, out, log).done == ["case_002", "case_003"]
