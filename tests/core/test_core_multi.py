@@ -55,7 +55,7 @@ def test_default_targets_and_normalisation_in_a_set():
 
 
 @pytest.mark.parametrize("method", ["FullGrad", "ShapleyCAM", "GuidedGradCAM"])
-def test_methods_with_their_own_compute_fall_back_to_one_call_per_set(method):
+def test_methods_with_their_own_gradient_pass_equal_one_call_per_set(method):
     torch.manual_seed(0)
     model = TinyResNet(ndim=2).eval()
     x = torch.randn(2, 1, 20, 16)

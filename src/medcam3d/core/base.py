@@ -339,14 +339,20 @@ class BaseCAM(PytorchGradCAMHooks):
                         self._targets_and_scores(given, context.output, target_output, batch)
                         for given in target_sets
                     ]
-                    grad_sets: list[Sequence[torch.Tensor | None]] = [[None] * len(activations)] * len(
-                        prepared
-                    )
-                    if track:
-                        grad_sets = self._gradient_sets(context, prepared, activations)
+                    batched = self._batched_gradients(prepared, activations) if track else None
                     results = []
-                    for (targets, scores), grads in zip(prepared, grad_sets):
+                    for index, (targets, scores) in enumerate(prepared):
                         context.targets, context.scores = targets, scores
+                        grads: Sequence[torch.Tensor | None] = [None] * len(activations)
+                        if batched is not None:
+                            grads = batched[index]
+                        elif track:
+                            if scores is None:
+                                raise TargetError(
+                                    f"{type(self).__name__} needs targets; pass one per sample."
+                                )
+                            more = index < len(prepared) - 1
+                            grads = self._gradients(context, scores, activations, retain_graph=more)
                         layer_maps = self._layer_maps(context, activations, grads, spatial)
                         result = CAMResult(
                             maps=self._aggregate(context, layer_maps),
@@ -371,36 +377,24 @@ class BaseCAM(PytorchGradCAMHooks):
         targets = check_targets(self.default_targets(output) if given is None else given, batch)
         return targets, target_scores(target_output, targets)
 
-    def _gradient_sets(
-        self,
-        context: CallContext,
-        prepared: list[tuple[list[Target], torch.Tensor | None]],
-        activations: list[torch.Tensor],
-    ) -> list[Sequence[torch.Tensor | None]]:
-        """The gradients of every target set: one batched backward pass for several sets when the
-        method takes plain gradients (:func:`~medcam3d.core.gradients.batched_layer_gradients`),
-        else one :meth:`_gradients` pass per set (the graph kept between sets)."""
+    def _batched_gradients(
+        self, prepared: list[tuple[list[Target], torch.Tensor | None]], activations: list[torch.Tensor]
+    ) -> list[list[torch.Tensor]] | None:
+        """Every target set's gradients from one batched backward pass, when the method takes plain
+        gradients and there are several sets (:func:`~medcam3d.core.gradients.batched_layer_gradients`);
+        ``None`` means one :meth:`_gradients` pass per set, interleaved with that set's maps (methods
+        with their own gradient pass keep per-set state in the context between the two)."""
         scores = [s for _, s in prepared]
-        if any(s is None for s in scores):
-            raise TargetError(f"{type(self).__name__} needs targets to take gradients; pass targets.")
         plain = type(self)._gradients is BaseCAM._gradients and not self.create_graph
-        if plain and len(prepared) > 1:
-            batched = batched_layer_gradients(
-                [s for s in scores if s is not None],
-                activations,
-                self.layer_names,
-                memory_bytes=self.gradient_memory_bytes,
-                output_index=self.output_index,
-            )
-            if batched is not None:
-                return list(batched)
-        out: list[Sequence[torch.Tensor | None]] = []
-        for index, (targets, set_scores) in enumerate(prepared):
-            assert set_scores is not None
-            context.targets, context.scores = targets, set_scores
-            more = index < len(prepared) - 1
-            out.append(self._gradients(context, set_scores, activations, retain_graph=more))
-        return out
+        if not plain or len(prepared) < 2 or any(s is None for s in scores):
+            return None
+        return batched_layer_gradients(
+            [s for s in scores if s is not None],
+            activations,
+            self.layer_names,
+            memory_bytes=self.gradient_memory_bytes,
+            output_index=self.output_index,
+        )
 
     def _resolve_normalize(self, normalize: bool | None) -> bool:
         return self.normalize if normalize is None else bool(normalize)
