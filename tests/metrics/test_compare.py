@@ -170,7 +170,7 @@ def test_segmenter_with_segmentation_targets() -> None:
 
 
 def test_segmenter_through_a_sliding_window() -> None:
-    from medcam3d.metrics.compare import _SlidingInference, compare
+    from medcam3d.metrics.comparison import _SlidingInference, compare
     from medcam3d.sliding import SlidingSegmentationTarget, sliding_window_cam
 
     model, x, mask = _segmentation_case()
@@ -219,7 +219,7 @@ class TinyClassifier(nn.Module):
 
 
 def test_shared_forward_sanity_and_road_on_a_2d_classifier() -> None:
-    from medcam3d.metrics.compare import compare
+    from medcam3d.metrics.comparison import compare
     from medcam3d.metrics.road import NoisyLinearImputer, ROADCombined
     from medcam3d.metrics.sanity import model_randomisation_test, randomisation_groups
 
@@ -258,7 +258,7 @@ def test_shared_forward_sanity_and_road_on_a_2d_classifier() -> None:
 
 
 def test_bad_arguments_are_refused_before_any_map() -> None:
-    from medcam3d.metrics.compare import compare
+    from medcam3d.metrics.comparison import compare
 
     model, x, mask = _segmentation_case()
     target = [SemanticSegmentationTarget(1, mask)]

@@ -125,7 +125,7 @@ class DemoResult:
         tolerance_mm: pointing-game tolerance.
         target_layer: ``"auto"`` (each method on its best-localising layer) or the layer named.
         methods: one :class:`MethodResult` per method, in the order asked.
-        comparison: the method x layer ranking (:class:`medcam3d.metrics.compare.CompareResult`).
+        comparison: the method x layer ranking (:class:`medcam3d.metrics.comparison.CompareResult`).
         image_path: the volume the network saw (template + lesion), NIfTI, template geometry.
         lesion_mask_path: the ground-truth lesion mask, NIfTI, template geometry.
         comparison_csv: ``compare.csv``, the ranking.
@@ -332,7 +332,7 @@ def run_demo(
     from medcam3d.core.layers import resolve_layers
     from medcam3d.core.targets import ClassifierOutputTarget
     from medcam3d.io import write_image, write_map
-    from medcam3d.metrics.compare import compare
+    from medcam3d.metrics.comparison import compare
 
     start = time.perf_counter()
     # ---- every check before the first file

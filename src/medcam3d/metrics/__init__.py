@@ -19,7 +19,8 @@ FAMILIES = (
     "curves",
     "localisation",
     "sanity",
-    "compare",
+    "comparison",
+    "evaluate",
 )
 
 

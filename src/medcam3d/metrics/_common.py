@@ -36,7 +36,6 @@ Target = Callable[[torch.Tensor], Any]
 OutputIndex = int | str
 
 
-
 def check_input(input_tensor: Any) -> torch.Tensor:
     """``input_tensor`` as a floating tensor ``(N, C, *S)`` with 1 to 3 spatial axes, all finite."""
     if not isinstance(input_tensor, torch.Tensor):

@@ -52,9 +52,7 @@ import io
 import logging
 import math
 import os
-import sys
 import time
-import types
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -871,18 +869,3 @@ def _rank(rows: list[CompareRow], key: str) -> None:
     for rank, row in enumerate(rows, start=1):
         row.rank = rank
         row.score = row.value(key)
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`compare`.
-
-    ``medcam3d.metrics.compare`` names both this module and its function: Python binds a package's
-    attribute to the submodule once the submodule is imported, so ``from medcam3d.metrics import
-    compare`` gives the module. Calling the module calls the function, so both spellings work.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> CompareResult:
-        return compare(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
