@@ -100,3 +100,21 @@ def test_a_factory_that_fails_on_the_workers_is_a_clear_error(tmp_path: Path) ->
     ):
         run_batch(cases, factory, tmp_path / "out", SETTINGS, ray_options())
     assert json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["cases"] == {}
+
+
+def test_the_ray_example_of_docs_scale_runs(tmp_path: Path, monkeypatch) -> None:
+    import re
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "scale.md"
+    fence = re.compile(r"^```([^\n]*)\n(.*?)^```", re.S | re.M)
+    blocks = [(info.split(), body) for info, body in fence.findall(doc.read_text(encoding="utf-8"))]
+    plain = [
+        body for words, body in blocks if words[:1] == ["python"] and not {"skip", "notest"} & set(words)
+    ]
+    on_ray = [body for words, body in blocks if words[:1] == ["python"] and "ray" in words]
+    assert len(plain) >= 3 and len(on_ray) == 1
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__doc_example__"}
+    for index, body in enumerate([*plain, *on_ray]):
+        exec(compile(body, f"docs/scale.md[block {index}]", "exec"), namespace)  # noqa: S102
+    assert (tmp_path / "cams_ray" / MANIFEST_NAME).is_file()

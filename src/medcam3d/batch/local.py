@@ -76,7 +76,9 @@ def run_local(
     """Process ``cases`` in order with one worker made here; at most two cases in memory (the one
     computed and the next one prepared)."""
     with torch_threads(options.worker_threads()):
+        start = time.perf_counter()
         worker = call_factory(worker_factory)
+        driver.summary.startup_s = time.perf_counter() - start
         me = worker_name()
 
         def prepare(case: Any) -> PreparedCase:

@@ -62,12 +62,22 @@ def _portable(exc: BaseException) -> dict[str, Any]:
 class CaseActor:
     """One Ray worker: makes the worker once, then prepares and processes cases (two threads)."""
 
-    def __init__(self, worker_factory: WorkerFactory, threads: int | None, output_dir: str) -> None:
+    def __init__(
+        self,
+        worker_factory: WorkerFactory,
+        threads: int | None,
+        output_dir: str,
+        working_dir: str | None = None,
+    ) -> None:
         self._error: str | None = None
         self._worker: Any = None
         self._prepared: dict[str, Any] = {}
         self._output_dir = Path(output_dir)
         try:
+            if working_dir and os.path.isdir(working_dir):
+                os.chdir(
+                    working_dir
+                )  # relative input paths mean what they mean to the driver (shared storage)
             if threads is not None:
                 import torch
 
@@ -215,6 +225,7 @@ def run_ray(
             "a functools.partial of a top-level function or class with picklable arguments."
         ) from exc
 
+    begin = time.perf_counter()
     started = connect(ray, options)
     slots: list[_Slot] = []
     try:
@@ -230,7 +241,7 @@ def run_ray(
         output_dir = str(driver.output_dir.resolve())
 
         def spawn() -> Any:
-            return remote.remote(worker_factory, threads, output_dir)
+            return remote.remote(worker_factory, threads, output_dir, os.getcwd())
 
         slots = [_Slot(spawn()) for _ in range(options.workers)]
         try:
@@ -241,12 +252,20 @@ def run_ray(
                 "lacks the requested CPUs/GPUs (`ray status` shows them), or is overloaded."
             ) from exc
         except deaths as exc:
-            raise WorkerError(f"A Ray worker died while starting: {describe_error(exc)}") from exc
+            hint = ""
+            if "No module named" in str(exc):
+                hint = (
+                    " The module of the worker factory must be importable on every Ray worker: install it there (pip "
+                    "install), or start Ray with ray.init(runtime_env={'py_modules': [your_module]}) (or "
+                    "{'working_dir': ...}) before run_batch."
+                )
+            raise WorkerError(f"A Ray worker died while starting: {describe_error(exc)}{hint}") from exc
         errors = [i["error"] for i in infos if i["error"]]
         if errors:
             raise WorkerError(f"worker_factory() failed on a Ray worker: {errors[0]}")
         for slot in slots:
             slot.alive = True
+        driver.summary.startup_s = time.perf_counter() - begin
         logger.info(
             "Ray workers: %s", ", ".join(f"{i['worker']} ({i['threads']} torch threads)" for i in infos)
         )

@@ -309,7 +309,7 @@ def run_batch(
             f"options must be a medcam3d.batch.BatchOptions, got {type(options).__name__}."
         )
     check_case_names(cases)
-    out = check_writable_dir(output_dir)
+    out = Path(os.path.abspath(check_writable_dir(output_dir)))  # workers get an absolute folder
     inputs_of = inputs or case_inputs
     with _folder_lock(out):
         removed = _clean_temporaries(out)

@@ -30,6 +30,8 @@ class BatchSummary:
         outputs: case → the files it wrote in this run.
         reasons: case → why it ran (``"new"``, ``"inputs changed"``, ``"outputs missing"``, ``"overwrite"``).
         elapsed_s: wall time of the whole run.
+        startup_s: of which making the workers took (loading the model; for Ray also connecting and
+            starting the actors).
     """
 
     output_dir: Path
@@ -42,6 +44,7 @@ class BatchSummary:
     outputs: dict[str, list[Path]] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    startup_s: float = 0.0
 
     @property
     def total(self) -> int:
