@@ -7,13 +7,13 @@ A folder of ``--cases`` (default 8) NIfTI volumes of ``--size``³ (default 96³)
 - **bare**: ``GradCAM(model, [layer])(x)`` on each preprocessed tensor (z-scored, already in memory);
 - **explain**: ``explain_folder`` (what ``medcam3d explain`` calls) on the folder: reading,
   z-scoring, the CAM, mapping back, writing the verified NIfTI map and the JSON sidecar. Its
-  per-case time is ``CaseResult.seconds``; the one-off part (loading the model once, the probe
+  per-case time is ``CaseResult.seconds`` (split in ``CaseResult.timings``); the one-off part (loading the model once, the probe
   forward pass, the layer suggestion) is reported apart.
 
 The target is the predicted class in both (one forward, one backward per case). The figure to
 watch is ``ratio`` = mean explain per-case time / mean bare time (goal: ≤ 1.3).
 
-    python benchmarks/bench_explain.py [--cases 8] [--size 96] [--growth 8] [--arch densenet121|resnet18]
+    python benchmarks/bench_explain.py [--cases 8] [--size 96] [--growth 8] [--arch densenet121|resnet18] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--growth", type=int, default=8)
     parser.add_argument("--arch", default="densenet121", choices=["densenet121", "resnet18"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of (bare, explain)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -101,40 +102,49 @@ def main(argv: list[str] | None = None) -> int:
             array = (array - array.mean()) / array.std()
             tensors.append(torch.from_numpy(array)[None, None].to(args.device))
         cam(tensors[0])  # warm-up
-        bare = []
-        for x in tensors:
+        # rounds alternate bare and explain, so a busy machine slows both alike
+        bare: list[float] = []
+        per_case: list[float] = []
+        timings: list[dict[str, float]] = []
+        one_off: list[float] = []
+        for _ in range(args.repeat):
+            for x in tensors:
+                start = time.perf_counter()
+                cam(x)
+                bare.append(time.perf_counter() - start)
+            settings = ExplainSettings(
+                zscore=True, input_size=(args.size,) * 3, progress=False, overwrite=True
+            )
             start = time.perf_counter()
-            cam(x)
-            bare.append(time.perf_counter() - start)
-
-        settings = ExplainSettings(
-            zscore=True, input_size=(args.size,) * 3, progress=False, target_layers=None
-        )
-        start = time.perf_counter()
-        results = explain_folder(scans, root / "out", source, settings, device=args.device)
-        total = time.perf_counter() - start
-        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
-        per_case = [r.seconds for r in results]
-    one_off = total - sum(per_case)
+            results = explain_folder(scans, root / "out", source, settings, device=args.device)
+            total = time.perf_counter() - start
+            assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+            per_case += [r.seconds for r in results]
+            timings += [r.timings for r in results]
+            one_off.append(total - sum(r.seconds for r in results))
+    part = {key: statistics.mean(t[key] for t in timings) for key in ("read", "cam", "write")}
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}",
         "model": f"{spec} {kwargs}",
         "layer": layer,
         "cases": args.cases,
         "size": args.size,
+        "repeat": args.repeat,
         "bare_mean_s": statistics.mean(bare),
         "explain_per_case_mean_s": statistics.mean(per_case),
         "ratio": statistics.mean(per_case) / statistics.mean(bare),
+        "explain_parts_mean_s": part,
         "explain_one_off_s": one_off,
-        "explain_total_s": total,
         "bare_s": bare,
         "explain_per_case_s": per_case,
     }
     sys.stdout.write(
         f"{report['model']} on {args.cases} x {args.size}^3, layer {layer}, {report['machine']}\n"
-        f"  bare GradCAM per case      {report['bare_mean_s']:.2f} s\n"
-        f"  medcam3d explain per case  {report['explain_per_case_mean_s']:.2f} s  (ratio {report['ratio']:.2f})\n"
-        f"  explain one-off (load once, probe, suggestion) {one_off:.2f} s; total {total:.1f} s\n"
+        f"  bare GradCAM per case      {report['bare_mean_s']:.2f} s (median {statistics.median(bare):.2f})\n"
+        f"  medcam3d explain per case  {report['explain_per_case_mean_s']:.2f} s (median "
+        f"{statistics.median(per_case):.2f}; ratio of means {report['ratio']:.2f})\n"
+        f"    of which read+preprocess {part['read']:.2f} s, CAM {part['cam']:.2f} s, map back+write {part['write']:.2f} s\n"
+        f"  explain one-off per run (load once, probe, suggestion) {statistics.mean(one_off):.2f} s\n"
     )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -89,6 +89,8 @@ class CaseResult:
     prediction: dict[str, Any] | None = None
     error: str | None = None
     seconds: float = 0.0
+    #: seconds spent reading + preprocessing (``read``), in the CAM (``cam``), mapping back and writing (``write``)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -615,6 +617,7 @@ def explain_case(model: ExplainModel, case: Case, settings: ExplainSettings) -> 
     written: list[Path] = []
     try:
         prepared = prepare_case(model.loaded, case, settings)
+        timings = {"read": time.perf_counter() - start, "cam": 0.0}
         if prepared.tensor.shape[1] != model.in_channels:
             raise InputShapeError(
                 f"Case {case.identifier!r} gives {prepared.tensor.shape[1]} channel(s) after preprocessing but the "
@@ -629,7 +632,9 @@ def explain_case(model: ExplainModel, case: Case, settings: ExplainSettings) -> 
         from medcam3d import __version__
 
         for method in model.cams:
+            cam_start = time.perf_counter()
             computed = compute_maps(model, method, prepared, settings)
+            timings["cam"] += time.perf_counter() - cam_start
             if prediction is None:
                 prediction = _prediction(model, computed.output)
                 output_for_labels = computed.output
@@ -721,6 +726,8 @@ def explain_case(model: ExplainModel, case: Case, settings: ExplainSettings) -> 
                 overwrite=settings.overwrite,
             )
             written.append(page)
+        seconds = time.perf_counter() - start
+        timings["write"] = seconds - timings["read"] - timings["cam"]
         return CaseResult(
             case.identifier,
             case.files,
@@ -729,7 +736,8 @@ def explain_case(model: ExplainModel, case: Case, settings: ExplainSettings) -> 
             tuple(written),
             prediction,
             None,
-            time.perf_counter() - start,
+            seconds,
+            timings,
         )
     except (MedCAMError, RuntimeError, OSError) as exc:
         logger.error("%s: %s", case.identifier, _first_line(exc))
