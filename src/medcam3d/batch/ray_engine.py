@@ -13,7 +13,8 @@ preprocessing) overlaps ``process(current case)`` (compute, atomic writes into t
 folder). The prepared data stay inside the actor. Only the driver (this process) hashes inputs,
 checks outputs and writes the manifest. A worker that dies (killed, out of memory, its node lost)
 is replaced; the case it was computing is tried again up to ``retries`` times, then reported as
-failed; a prefetched case that was completely prepared is simply queued again.
+failed; a case prepared beside it is queued again without being charged. Both then run alone on a
+worker (no case prepared beside them), so that a second death is blamed on the right case.
 """
 
 from __future__ import annotations
@@ -293,6 +294,7 @@ def _schedule(
     charged: dict[str, int] = {}  # deaths while the case was running on the worker
     hashed: dict[str, tuple[list[dict[str, Any]], float]] = {}
     prepare_s: dict[str, float] = {}
+    isolated: set[str] = set()  # cases held by a worker that died beside another one: run alone
     inflight: dict[Any, tuple[_Slot, str, Any]] = {}
     replacements = 2 * options.workers + len(cases)
 
@@ -321,24 +323,35 @@ def _schedule(
             case, slot.following = slot.following, None
             slot.current = case
             inflight[slot.actor.process.remote(case, attempt(case))] = (slot, "process", case)
-        if slot.following is None and (options.prefetch or slot.current is None):
+        if slot.following is not None:
+            return
+        if slot.current is None:
             submit_prepare(slot)
+        elif options.prefetch and slot.current.identifier not in isolated and queue:
+            if queue[0].identifier not in isolated:  # an isolated case waits for a worker of its own
+                submit_prepare(slot)
 
     def died(slot: _Slot, exc: BaseException) -> None:
         nonlocal replacements
         slot.alive = False
         for ref in [r for r, (s, _, _) in inflight.items() if s is slot]:
             del inflight[ref]
+        # Who killed the worker? The case being processed is charged; a case whose prepare was still
+        # running beside it is not, but both run alone from now on, where the blame is exact.
         held = []
         if slot.current is not None:
             held.append((slot.current, True))
+            if slot.following is not None and not slot.following_ready:
+                isolated.add(slot.current.identifier)
+                isolated.add(slot.following.identifier)
         if slot.following is not None:
-            held.append((slot.following, not slot.following_ready))
+            held.append((slot.following, slot.current is None and not slot.following_ready))
         slot.current = slot.following = None
         for case, was_running in reversed(held):
             if not was_running:
                 queue.appendleft(case)
                 continue
+            isolated.add(case.identifier)
             charged[case.identifier] = charged.get(case.identifier, 0) + 1
             tries = charged[case.identifier]
             if tries > options.retries:
