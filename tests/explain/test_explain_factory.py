@@ -379,3 +379,24 @@ def test_the_python_api_takes_a_loaded_model(scans, classifier_checkpoint, tmp_p
     )
     assert [r.identifier for r in results] == ["plain", "lps"] and all(r.ok for r in results)
     assert sorted(m.method for m in results[0].maps) == ["eigencam", "gradcam"]
+
+
+def test_figures_and_viewer(scans, classifier_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    out = tmp_path / "out"
+    argv = ["explain", "-i", str(scans / "lps.nii.gz"), "-o", str(out), *CLASSIFIER]
+    argv += [
+        "--checkpoint",
+        str(classifier_checkpoint),
+        "--method",
+        "gradcam",
+        "layercam",
+        "--figures",
+        "--viewer",
+    ]
+    assert main([*argv, "-device", "cpu", "--no-progress"]) == 0
+    for method in ("gradcam", "layercam"):
+        png = (out / f"lps_{method}_predicted.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    page = (out / "lps_viewer.html").read_text(encoding="utf-8")
+    assert "gradcam class" in page and "layercam class" in page

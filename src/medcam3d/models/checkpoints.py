@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"Checkpoint {p} does not exist (or is not a file).")
+    with open(p, "rb") as stream:
+        head = stream.read(4)
+    if not zipfile.is_zipfile(p) and head[:1] != b"\x80":  # neither torch.save's zip nor a pickle
+        raise CheckpointError(
+            f"Could not read checkpoint {p}: it is not a file written by torch.save (no zip archive, no pickle). "
+            "Check the path; the file may be damaged or in another format (TorchScript, ONNX, safetensors)."
+        )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
