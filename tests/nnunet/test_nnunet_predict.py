@@ -190,8 +190,8 @@ def test_2d_configuration_on_3d_volume(nnunet_models, sphere_inputs, tmp_path):
     )
     ref = _sitk_array(reference / "sph1.nii.gz")
     np.testing.assert_array_equal(_sitk_array(tmp_path / "ours" / "sph1.nii.gz"), ref)
-    cam = maps[0]
-    assert cam.shape == ref.shape
+    assert maps[0].shape == (1, *ref.shape) and maps[0].dtype == np.float32  # nnunetv2_cam's (1, *S)
+    cam = maps[0][0]
     per_slice_max = cam.reshape(cam.shape[0], -1).max(axis=1)
     assert np.all((np.isclose(per_slice_max, 1.0)) | (per_slice_max == 0.0))
 

@@ -10,6 +10,7 @@ results of the cases that succeeded and the errors of those that failed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
-from medcam3d._atomic import check_writable_dir
+from medcam3d._atomic import check_writable_dir, clean_stale_temporaries
 from medcam3d.errors import ConfigurationError, require_extra
 from medcam3d.nnunet.files import (
     Case,
@@ -77,12 +78,51 @@ class BatchResult:
         return not self.failures
 
 
+def _method_name(method: str | type) -> str:
+    return (method if isinstance(method, str) else getattr(method, "__name__", "")).strip().lower()
+
+
 def segxres_kwargs(method: str | type, pool_size: int | None, pool_mode: str) -> dict[str, Any]:
     """The Seg-XRes-CAM options (``--pool-size``, ``--pool-mode``) as method keyword arguments."""
-    name = method if isinstance(method, str) else getattr(method, "__name__", "")
-    if pool_size is not None or name.lower() == "segxrescam":
+    if pool_size is not None or _method_name(method) == "segxrescam":
         return {"pool_size": pool_size, "pool_mode": pool_mode}
     return {}
+
+
+def check_step_size(tile_step_size: float | None) -> None:
+    """``tile_step_size`` (``-step_size``) must be a number in (0, 1] (``None``: the predictor's)."""
+    if tile_step_size is None:
+        return
+    valid = isinstance(tile_step_size, (int, float)) and not isinstance(tile_step_size, bool)
+    if not valid or not math.isfinite(tile_step_size) or not 0 < tile_step_size <= 1:
+        raise ConfigurationError(
+            f"-step_size / tile_step_size must be a number in (0, 1], the step between patches as a fraction of "
+            f"the patch size (0.5, nnUNetv2_predict's default, overlaps patches by half), got {tile_step_size!r}."
+        )
+
+
+def check_method_options(method: str | type, pool_size: int | None, pool_mode: str) -> None:
+    """The method exists and Seg-XRes-CAM's pooling options are given to Seg-XRes-CAM only, with
+    valid values; raises :class:`ConfigurationError` (cheap: nothing is loaded)."""
+    if isinstance(method, str):
+        from medcam3d.methods.registry import get_method
+
+        get_method(method)  # an unknown name lists the known ones
+    elif not isinstance(method, type):
+        raise ConfigurationError(f"method must be a method name or a CAM class, got {method!r}.")
+    if pool_size is not None:
+        if _method_name(method) != "segxrescam":
+            raise ConfigurationError(
+                f"--pool-size / pool_size is an option of Seg-XRes-CAM only (--method segxrescam); the method "
+                f"{_method_name(method) or method!r} has no gradient pooling. Drop --pool-size, or use "
+                "--method segxrescam."
+            )
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigurationError(
+                f"--pool-size / pool_size must be a whole number >= 1, got {pool_size!r}."
+            )
+    if pool_mode not in ("max", "mean"):
+        raise ConfigurationError(f"--pool-mode / pool_mode must be 'max' or 'mean', got {pool_mode!r}.")
 
 
 def segment_and_explain(
@@ -112,6 +152,7 @@ def segment_and_explain(
     continue_on_error: bool = True,
     progress: bool = True,
     verbose: bool = False,
+    trust_checkpoint: bool = False,
 ) -> BatchResult:
     """Segment and explain every case of ``input_files`` with one forward per (patch, fold, mirror).
 
@@ -136,19 +177,33 @@ def segment_and_explain(
         continue_on_error: a case that fails while running is logged and recorded in
             :attr:`BatchResult.failures`, and the others go on (``False``: the error is raised).
         progress: tqdm bars over cases and patches. verbose: nnU-Net's own messages when loading.
+        trust_checkpoint: unpickle checkpoints that the safe loader refuses
+            (:func:`~medcam3d.nnunet.loading.load_checkpoint`): this runs code from the files, so
+            only for model folders you trust.
 
     Before the checkpoints are loaded and before anything is written, it refuses (with an error
-    from :mod:`medcam3d.errors`): a missing model folder, fold or checkpoint; inputs that do not
-    group into cases of the model's channels; case names that cannot name output files or that
-    repeat (:func:`~medcam3d.nnunet.files.check_case_names`); unreadable images; masks or
-    previous-stage segmentations that are missing; a cascade stage without
-    ``prev_stage_predictions``; a reader-writer that cannot write float maps; PNGs without
-    matplotlib. Layers and classes are checked once the network is loaded, the output folder
-    last, still before the first case runs.
+    from :mod:`medcam3d.errors`): an unknown method, a step size outside (0, 1], pooling options
+    for a method other than Seg-XRes-CAM; a missing model folder, fold or checkpoint, an empty
+    checkpoint, an unreadable ``plans.json`` or ``dataset.json``; inputs that do not group into
+    cases of the model's channels; case names that cannot name output files or that repeat
+    (:func:`~medcam3d.nnunet.files.check_case_names`); unreadable images and images with several
+    values per voxel (vector or 4-D images); masks or previous-stage segmentations that are
+    missing; a cascade stage without ``prev_stage_predictions``; a reader-writer that cannot write
+    float maps; PNGs without matplotlib. Checkpoints that are damaged or that the safe loader
+    refuses fail while loading; layers and classes are checked once the network is loaded, the
+    output folder last, still before the first case runs. The output folder's stale temporaries
+    (of killed runs) are removed before the first case.
+
+    A map that comes out all zero (an empty mask, a class predicted nowhere) is logged as a
+    warning naming the case and the class.
     """
     import_nnunet()
     if target not in ("prediction", "channel", "mask"):
         raise ConfigurationError(f"target must be 'prediction', 'channel' or 'mask', got {target!r}.")
+    if cam_type not in ("2d", "3d"):
+        raise ConfigurationError(f"cam_type must be '2d' or '3d', got {cam_type!r}.")
+    check_step_size(tile_step_size)
+    check_method_options(method, pool_size, pool_mode)
     if target == "mask" and not mask_files:
         raise ConfigurationError(
             "target='mask' needs mask_files (--masks FOLDER): one mask per case, e.g. the ground truth."
@@ -180,6 +235,7 @@ def segment_and_explain(
             tile_step_size=0.5 if tile_step_size is None else tile_step_size,
             use_mirroring=True if use_mirroring is None else use_mirroring,
             verbose=verbose,
+            trust_checkpoint=trust_checkpoint,
         )
         info = ModelInfo.from_predictor(predictor)  # the configuration the checkpoints name
         if info.previous_stage is not None and prev_stage_predictions is None:
@@ -202,6 +258,8 @@ def segment_and_explain(
     )
     prev = match_prev_stage(cases, prev_stage_predictions, info.file_ending) if runner.cascaded else {}
     out = None if output_folder is None else check_writable_dir(output_folder)
+    if out is not None:
+        _clean_stale(out, runner.method_name, cases)
     from tqdm.auto import tqdm
 
     batch = BatchResult(cases, output_folder=out)
@@ -228,6 +286,16 @@ def segment_and_explain(
     return batch
 
 
+def _clean_stale(out: Path, method_name: str, cases: Sequence[Case]) -> None:
+    """Remove what killed runs left in the folders this run writes to (the output folder and the
+    existing PNG folders of its cases); temporaries of running writers are kept."""
+    clean_stale_temporaries(out)
+    for case in cases:
+        folder = out / method_name / case.identifier
+        if folder.is_dir():
+            clean_stale_temporaries(folder)
+
+
 def run_cam_for_prediction(
     predictor: Any,
     input_files: InputFiles,
@@ -252,22 +320,31 @@ def run_cam_for_prediction(
     progress: bool | None = None,
     continue_on_error: bool = False,
     failures: list[tuple[str, str]] | None = None,
+    trust_checkpoint: bool = False,
 ) -> list[np.ndarray]:
-    """Segment and explain every case of ``input_files`` with one forward per (patch, fold, mirror).
+    """``nnunetv2_cam.run_cam_for_prediction`` with the same parameters and return convention:
+    segment and explain every case of ``input_files`` with one forward per (patch, fold, mirror).
 
-    Accepts every parameter of ``nnunetv2_cam.run_cam_for_prediction`` with the same meaning
-    (``device`` moves the predictor's network when given, falling back to the CPU with a warning;
-    ``cam_type`` defaults to ``'3d'``). A thin wrapper of :func:`segment_and_explain`, which
-    returns the failures too; ``failures``, when given, receives ``(case, "ErrorType: message")``
-    for each case that failed with ``continue_on_error=True``.
+    Accepts every parameter of ``nnunetv2_cam.run_cam_for_prediction`` with the same meaning, two
+    defaults differ on purpose (see docs/nnunet.md): ``cam_type`` defaults to ``'3d'`` (maps
+    normalised over the volume; ``'2d'`` normalises per slice along the first array axis) and
+    ``device=None`` keeps the predictor's device (a given device moves its network, falling back to
+    the CPU with a warning where CUDA / MPS is missing). ``predictor`` may also be a model folder
+    (loaded safely, see ``trust_checkpoint``). A thin wrapper of :func:`segment_and_explain`, which
+    returns the failures and the segmentations too; ``failures``, when given, receives
+    ``(case, "ErrorType: message")`` for each case that failed with ``continue_on_error=True``.
 
     Writes per case ``<case><ending>`` (the segmentation, as ``nnUNetv2_predict``), one float map
     ``<case>_<method>_class<k><ending>`` per target class with the input's geometry, PNG overlays
-    under ``<output_folder>/<method>/<case>/`` and optionally ``.npy`` maps.
+    under ``<output_folder>/<method>/<case>/`` and optionally ``.npy`` maps. ``output_folder=None``
+    writes nothing and only returns the maps.
 
-    Returns one array per successful case, in the original image's array order: ``(*S)`` when
-    ``target_class`` is an int, ``(T, *S)`` for a list of classes. ``output_folder=None`` writes
-    nothing and only returns the maps.
+    Returns:
+        as ``nnunetv2_cam``: a list with one array per successful case (in case order), in the
+        original image's array order (``(z, y, x)`` for SimpleITK-read images), of shape
+        ``(1, *S)`` for an ``int`` ``target_class``; ``(T, *S)`` for a list of ``T`` classes (an
+        extension). Unlike ``nnunetv2_cam`` (float16, values up to 1.3 from its ×1.3 scaling), the
+        maps are float32 in [0, 1].
     """
     batch = segment_and_explain(
         predictor,
@@ -291,8 +368,9 @@ def run_cam_for_prediction(
         continue_on_error=continue_on_error,
         progress=verbose if progress is None else progress,
         verbose=verbose,
+        trust_checkpoint=trust_checkpoint,
     )
     if failures is not None:
         failures.extend((f.identifier, f.error) for f in batch.failures)
-    single = isinstance(target_class, (int, np.integer))
-    return [r.maps[0] if single else r.maps for r in batch.results]
+    # CaseResult.maps is (T, *S) float32 in [0, 1]: for one int class T = 1, nnunetv2_cam's (1, *S)
+    return [np.ascontiguousarray(r.maps, dtype=np.float32) for r in batch.results]

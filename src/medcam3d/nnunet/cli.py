@@ -100,6 +100,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="previous-stage segmentations (cascade), as nnUNetv2_predict",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="unpickle checkpoints that the safe loader (torch.load weights_only=True) refuses: this runs code "
+        "from the files, use it only for model folders you trust",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -130,6 +136,24 @@ def _print_methods() -> None:
     sys.stdout.write("\n".join(out) + "\n")
 
 
+def parse_folds(values: Sequence[str]) -> list[int | str]:
+    """``-f 0 1 all`` → ``[0, 1, "all"]``; anything else raises :class:`ConfigurationError`."""
+    folds: list[int | str] = []
+    for value in values:
+        text = str(value).strip()
+        if text == "all":
+            folds.append("all")
+        elif text.isdigit():
+            folds.append(int(text))
+        else:
+            raise ConfigurationError(
+                f"-f takes fold numbers or 'all' (e.g. -f 0 1 2 3 4, or -f all), got {value!r}."
+            )
+    if not folds:
+        raise ConfigurationError("-f needs at least one fold (e.g. -f 0).")
+    return folds
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code (non-zero if any case failed).
 
@@ -145,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from medcam3d.nnunet.layers import layer_table
     from medcam3d.nnunet.loading import load_predictor, resolve_device
 
-    folds = [f if f == "all" else int(f) for f in args.f]
+    folds = parse_folds(args.f)
     if args.list_layers:
         predictor = load_predictor(
             args.m,
@@ -153,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_name=args.chk,
             device=resolve_device(args.device),
             verbose=args.verbose,
+            trust_checkpoint=args.trust_checkpoint,
         )
         sys.stdout.write(layer_table(predictor))
         return 0
@@ -186,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         continue_on_error=True,  # report a failing case, go on with the others
         progress=not args.no_progress,
         verbose=args.verbose,
+        trust_checkpoint=args.trust_checkpoint,
     )
     if args.verbose:
         for result in batch.results:

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from medcam3d._atomic import atomic_path
-from medcam3d.errors import ConfigurationError, InputFileError
+from medcam3d._atomic import SPACE_HINT, atomic_path
+from medcam3d.errors import ConfigurationError, InputFileError, OutputPathError
 
 __all__ = [
     "Case",
@@ -24,7 +24,10 @@ __all__ = [
     "match_masks",
     "match_prev_stage",
     "strip_file_ending",
+    "verify_image_file",
+    "verify_segmentation_file",
     "write_float_map",
+    "write_npy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -233,7 +236,8 @@ def write_float_map(
     input image's exact geometry taken from ``properties``.
 
     The geometry handling follows each reader-writer's own ``write_seg`` (which cannot be used
-    because it casts to integers). Written atomically.
+    because it casts to integers). Written atomically, and read back with the same reader-writer
+    before the rename (:func:`verify_image_file`: values, shape, spacing and orientation).
     """
     from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
@@ -241,7 +245,11 @@ def write_float_map(
     array = np.ascontiguousarray(array, dtype=np.float32)
     final = Path(path)
     rw_class = reader_writer if isinstance(reader_writer, type) else type(reader_writer)
-    with atomic_path(final) as tmp:
+
+    def verify(tmp: Path) -> None:
+        verify_image_file(tmp, array, properties, rw_class)
+
+    with atomic_path(final, verify=verify) as tmp:
         if issubclass(rw_class, SimpleITKIO):
             import SimpleITK as sitk
 
@@ -279,23 +287,137 @@ def write_float_map(
     return final
 
 
+def _check_nifti_size(path: Path) -> None:
+    """An uncompressed NIfTI must hold every voxel its header announces (ITK zero-fills a short file)."""
+    if not path.name.endswith(".nii"):
+        return
+    import nibabel
+
+    header: Any = nibabel.load(str(path)).header
+    needed = (
+        int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    )
+    size = path.stat().st_size
+    if size < needed:
+        raise OutputPathError(f"{path.name} holds {size} bytes, its header needs {needed}. {SPACE_HINT}")
+
+
+def _compare_read_back(
+    path: Path,
+    back: np.ndarray,
+    back_properties: dict[str, Any],
+    expected: np.ndarray,
+    properties: dict[str, Any],
+) -> None:
+    values = np.asarray(back)[0]  # the reader-writers return (1, *S)
+    if values.shape != expected.shape:
+        raise OutputPathError(
+            f"{path.name} reads back with shape {values.shape} instead of {expected.shape}. {SPACE_HINT}"
+        )
+    if not np.array_equal(values, expected):
+        differ = int(np.count_nonzero(values != expected))
+        raise OutputPathError(
+            f"{differ} of {expected.size} voxels of {path.name} read back differently. {SPACE_HINT}"
+        )
+    if not np.allclose(back_properties["spacing"], properties["spacing"], rtol=1e-4, atol=1e-6):
+        raise OutputPathError(
+            f"{path.name} reads back with the spacing {back_properties['spacing']} instead of "
+            f"{properties['spacing']}."
+        )
+    for key, fields in (("sitk_stuff", ("origin", "direction")), ("nibabel_stuff", ("original_affine",))):
+        if key in properties and key in back_properties:
+            for name in fields:
+                if name in properties[key] and not np.allclose(
+                    np.asarray(back_properties[key][name], dtype=float),
+                    np.asarray(properties[key][name], dtype=float),
+                    atol=1e-3,
+                ):
+                    raise OutputPathError(
+                        f"{path.name} reads back with the {name} {back_properties[key][name]} instead of "
+                        f"{properties[key][name]}: the format cannot store the input's geometry."
+                    )
+
+
+def verify_segmentation_file(
+    path: str | os.PathLike[str], expected: np.ndarray, properties: dict[str, Any], reader_writer: Any
+) -> None:
+    """Check a freshly written segmentation ``path``: read back with the dataset's reader-writer's
+    ``read_seg`` it holds exactly ``expected`` (nnU-Net's array order, as given to ``write_seg``),
+    with the input's spacing and orientation (from ``properties``); an uncompressed NIfTI is
+    complete. Raises :class:`~medcam3d.errors.OutputPathError` otherwise."""
+    p = Path(path)
+    _check_nifti_size(p)
+    rw = reader_writer() if isinstance(reader_writer, type) else reader_writer
+    back, back_properties = rw.read_seg(str(p))
+    _compare_read_back(p, back, back_properties, np.asarray(expected), properties)
+
+
+def verify_image_file(
+    path: str | os.PathLike[str], expected: np.ndarray, properties: dict[str, Any], reader_writer: Any
+) -> None:
+    """Check a freshly written float map ``path``: read back with the reader-writer's ``read_images``
+    it holds exactly ``expected`` (float32, nnU-Net's array order), with the input's spacing and
+    orientation; an uncompressed NIfTI is complete. Raises :class:`~medcam3d.errors.OutputPathError`
+    otherwise."""
+    p = Path(path)
+    _check_nifti_size(p)
+    rw = reader_writer() if isinstance(reader_writer, type) else reader_writer
+    back, back_properties = rw.read_images([str(p)])
+    _compare_read_back(p, back, back_properties, np.asarray(expected, dtype=np.float32), properties)
+
+
+def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> Path:
+    """Write ``array`` as ``.npy`` atomically; it is loaded back and compared (values, dtype) before
+    the rename."""
+    final = Path(path)
+    data = np.ascontiguousarray(array)
+
+    def verify(tmp: Path) -> None:
+        back = np.load(tmp, allow_pickle=False)
+        if back.dtype != data.dtype or back.shape != data.shape or not np.array_equal(back, data):
+            raise OutputPathError(f"{final.name} does not load back as written. {SPACE_HINT}")
+
+    with atomic_path(final, verify=verify) as tmp, open(tmp, "wb") as stream:
+        np.save(stream, data, allow_pickle=False)
+    return final
+
+
+def _values_per_voxel(f: str) -> tuple[int, tuple[int, ...]]:
+    """How many values each voxel of image ``f`` holds, and its shape, from the header only."""
+    if f.endswith((".nii", ".nii.gz")):
+        import nibabel
+
+        image: Any = nibabel.load(f)
+        shape = tuple(int(s) for s in image.shape)  # (x, y, z, t, components)
+        return int(np.prod(shape[3:])) if len(shape) > 3 else 1, shape
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(f)
+    reader.ReadImageInformation()
+    size = tuple(int(s) for s in reader.GetSize())
+    components = int(reader.GetNumberOfComponents())
+    return components * (int(np.prod(size[3:])) if len(size) > 3 else 1), size + (
+        (components,) if components > 1 else ()
+    )
+
+
 def check_readable(files: Sequence[str]) -> None:
-    """Read each image's header (cheap: no voxel data) so that an unreadable image fails with
-    :class:`InputFileError` before any heavy work starts."""
+    """Read each image's header (cheap: no voxel data) so that an unreadable image, or one holding
+    several values per voxel (a vector image, or a 4-D series), fails with :class:`InputFileError`
+    before any heavy work starts: nnU-Net takes one scalar image per channel file."""
     for f in files:
         try:
-            if f.endswith((".nii", ".nii.gz")):
-                import nibabel
-
-                nibabel.load(f)  # parses the header only (data stay on disk)
-            else:
-                import SimpleITK as sitk
-
-                reader = sitk.ImageFileReader()
-                reader.SetFileName(f)
-                reader.ReadImageInformation()
+            values, shape = _values_per_voxel(f)
         except Exception as exc:
             raise InputFileError(f"Cannot read image {f}: {type(exc).__name__}: {exc}".strip()) from exc
+        if values != 1:
+            raise InputFileError(
+                f"Image {f} holds {values} values per voxel (shape {shape}: a vector or 4-D image), but nnU-Net "
+                "takes one scalar 2-D or 3-D image per channel file. Split it into one file per component, named "
+                "<case>_0000<ending>, <case>_0001<ending>, ... (e.g. SimpleITK.VectorIndexSelectionCast), as the "
+                "model's channels expect."
+            )
 
 
 def check_map_writer(reader_writer: Any) -> None:

@@ -9,6 +9,7 @@ around its helpers is re-implemented.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch
 from medcam3d._atomic import atomic_path
 from medcam3d.errors import ConfigurationError, InputFileError, TargetError
 from medcam3d.nnunet.engine import NnUNetSlidingWindow, fold_logits_and_maps
-from medcam3d.nnunet.files import Case, check_case_names, write_float_map
+from medcam3d.nnunet.files import Case, check_case_names, verify_segmentation_file, write_float_map, write_npy
 from medcam3d.nnunet.loading import ModelInfo, cascade_error, import_nnunet, plain_network
 from medcam3d.sliding import SlidingFinerTarget, SlidingSegmentationTarget, normalize_maps
 
@@ -30,6 +31,8 @@ __all__ = ["CaseResult", "NnUNetCAM", "TargetMode"]
 TargetMode = Literal["prediction", "channel", "mask"]
 
 _FINER_TARGET_OPTIONS = ("alpha", "comparison_categories", "comparison_ranks")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +59,9 @@ class NnUNetCAM:
         target_classes: class index or indices (each must be a channel of the network output).
         target: ``"prediction"`` (class logit over the voxels each patch predicts as the class,
             Seg-Grad-CAM, default), ``"channel"`` (the whole class channel) or ``"mask"`` (the
-            non-zero voxels of a mask file per case, e.g. ground truth, in the image's geometry).
+            non-zero voxels of a mask file per case, e.g. ground truth, in the image's geometry; a
+            label map selects the voxels of value ``k``, a binary mask (values 0 and 1) serves
+            every class).
             With ``method="finercam"`` the same regions hold FinerCAM's comparison score
             (:class:`~medcam3d.sliding.SlidingFinerTarget`: the class against its most similar
             classes, voxel by voxel).
@@ -101,6 +106,9 @@ class NnUNetCAM:
         self.target_classes = self._check_classes(target_classes)
         self.target = target
         self.cam_type = cam_type
+        from medcam3d.nnunet.batch import check_step_size
+
+        check_step_size(tile_step_size)
         self.tile_step_size = predictor.tile_step_size if tile_step_size is None else float(tile_step_size)
         self.use_mirroring = predictor.use_mirroring if use_mirroring is None else bool(use_mirroring)
         self.method_kwargs = dict(method_kwargs or {})
@@ -111,6 +119,7 @@ class NnUNetCAM:
             else {}
         )
         self.progress = progress
+        self._make_cam()  # options the method does not take fail here, before any case runs
         self.label_manager = predictor.label_manager
         self.cascaded = self.info.previous_stage is not None
         self.file_ending: str = self.info.file_ending
@@ -134,17 +143,36 @@ class NnUNetCAM:
         kwargs = dict(self.method_kwargs)
         # the network is put in eval mode once per case (predict_preprocessed); not once per patch
         kwargs.setdefault("eval_mode", False)
+        layers = [m for _, m in self.layers]
         try:
-            return self.method_class(self.network, [m for _, m in self.layers], **kwargs)
+            return self.method_class(self.network, layers, **kwargs)
         except TypeError:
             kwargs.pop("eval_mode")
-            return self.method_class(self.network, [m for _, m in self.layers], **kwargs)
+        try:
+            return self.method_class(self.network, layers, **kwargs)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"The method {self.method_name!r} does not take the options {sorted(self.method_kwargs)}: {exc}"
+            ) from exc
+
+    @staticmethod
+    def mask_region(mask: np.ndarray, k: int) -> np.ndarray:
+        """The voxels of ``mask`` that count for class ``k``: those of value ``k`` where there are any
+        (``k`` > 0); otherwise every non-zero voxel for a binary mask (values 0 and 1 only, which
+        serves every class), and none for a label map without ``k`` (its map is all zero, and
+        :meth:`run_case` warns)."""
+        selected = mask == k
+        if k != 0 and selected.any():
+            return selected
+        if k == 0 or not np.any(mask > 1):
+            return mask > 0
+        return np.zeros(mask.shape, dtype=bool)
 
     def _targets(self, mask: np.ndarray | None) -> list[SlidingSegmentationTarget]:
         def one(k: int) -> SlidingSegmentationTarget:
             region: dict[str, Any] = {}
             if mask is not None:
-                region["mask"] = (mask == k) if (mask == k).any() and k != 0 else (mask > 0)
+                region["mask"] = self.mask_region(mask, k)
             elif self.target == "channel":
                 region["whole_channel"] = True
             if self.finer:
@@ -152,6 +180,50 @@ class NnUNetCAM:
             return SlidingSegmentationTarget(k, **region)
 
         return [one(k) for k in self.target_classes]
+
+    def warn_empty_maps(
+        self,
+        identifier: str,
+        maps: np.ndarray,
+        segmentation: np.ndarray,
+        mask: np.ndarray | None = None,
+        mask_file: str | None = None,
+    ) -> list[int]:
+        """Log a warning for each target class whose map ``maps[t]`` is all zero, naming the case, the
+        class and the likely cause (an empty mask, a class predicted nowhere); returns those classes."""
+        empty: list[int] = []
+        for t, k in enumerate(self.target_classes):
+            if np.any(maps[t] > 0):
+                continue
+            empty.append(k)
+            if mask is not None and not self.mask_region(mask, k).any():
+                present = sorted(int(v) for v in np.unique(mask) if v != 0)
+                its_mask = f"its mask {mask_file}" if mask_file else "its mask"
+                cause = (
+                    f"{its_mask} is empty (after nnU-Net's cropping and resampling)"
+                    if not present
+                    else f"{its_mask} has no voxel of label {k} (labels present: {', '.join(map(str, present))})"
+                )
+                advice = "give a mask with voxels of that class"
+            elif self.target == "prediction" and not np.any(segmentation == k):
+                cause = (
+                    f"class {k} is predicted nowhere in it (target 'prediction' counts the predicted voxels)"
+                )
+                advice = (
+                    "use --target channel (target='channel') to explain the class logit over the whole image"
+                )
+            else:
+                cause = "the class score's gradients at the target layer are zero everywhere"
+                advice = "try another --target-layer or --method"
+            logger.warning(
+                "Case %s, class %d: the %s map is all zero because %s; %s.",
+                identifier,
+                k,
+                self.method_name,
+                cause,
+                advice,
+            )
+        return empty
 
     # -------------------------------------------------------------- preprocessing
     def preprocess(
@@ -305,6 +377,7 @@ class NnUNetCAM:
         logits, raw = self.predict_preprocessed(data, mask, description=case.identifier)
         segmentation = self.segmentation_to_original(logits, properties)
         maps = self.maps_to_original(raw, properties)
+        self.warn_empty_maps(case.identifier, maps, segmentation, mask, mask_file)
         result = CaseResult(case.identifier, maps, segmentation, list(self.target_classes))
         if output_folder is None:
             return result
@@ -322,6 +395,13 @@ class NnUNetCAM:
         except BaseException:
             for path in result.files:  # no partial output for a failed case
                 path.unlink(missing_ok=True)
+            if save_slices:  # the PNG folders, if the failed case left them empty
+                png_folder = Path(output_folder) / self.method_name / case.identifier
+                for folder in (png_folder, png_folder.parent):
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        pass
             raise
         return result
 
@@ -336,11 +416,18 @@ class NnUNetCAM:
         save_numpy: bool,
         save_slices: bool,
     ) -> None:
+        """Every file is written through :func:`~medcam3d._atomic.atomic_path` and read back before
+        it takes its final name; ``result.files`` lists each one as soon as it is in place."""
         segmentation, maps = result.segmentation, result.maps
         rw = self.info.reader_writer_class()
         if save_segmentation:
             seg_path = out / f"{case.identifier}{self.file_ending}"
-            with atomic_path(seg_path) as tmp:
+            expected = np.asarray(segmentation)
+
+            def verify(tmp: Path) -> None:
+                verify_segmentation_file(tmp, expected, properties, rw)
+
+            with atomic_path(seg_path, verify=verify) as tmp:
                 rw.write_seg(segmentation, str(tmp), properties)
             result.files.append(seg_path)
         if save_maps:
@@ -349,24 +436,21 @@ class NnUNetCAM:
         if save_numpy:
             for k, cls in enumerate(self.target_classes):
                 npy = out / f"{case.identifier}_{self.method_name}_class{cls}.npy"
-                with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
-                    np.save(fh, maps[k])
-                result.files.append(npy)
+                result.files.append(write_npy(npy, maps[k]))
         if save_slices:
-            result.files.extend(self._save_slices(case, maps, out))
+            self._save_slices(case, maps, out, result.files)
 
-    def _save_slices(self, case: Case, maps: np.ndarray, out: Path) -> list[Path]:
+    def _save_slices(self, case: Case, maps: np.ndarray, out: Path, written: list[Path]) -> None:
         from medcam3d.viz import save_slice_pngs
 
         image, _ = self.info.reader_writer_class().read_images([case.files[0]])
         image = np.asarray(image[0], dtype=np.float32)
-        written: list[Path] = []
         folder = out / self.method_name / case.identifier
         for k, cls in enumerate(self.target_classes):
             cam = maps[k]
             if image.shape != cam.shape:  # pragma: no cover - same reader, same geometry
                 raise RuntimeError(f"image {image.shape} and map {cam.shape} differ")
+            # each PNG is written atomically and compared byte for byte before its rename
             written.extend(
                 save_slice_pngs(image, cam, folder, axis=0, prefix=f"class{cls}_slice", overwrite=True)
             )
-        return written
