@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers_models import TinyResNet, TinySegNet  # noqa: E402
+from helpers_models import TinyResNet, TinySegNet, spatial_shape  # noqa: E402, F401
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -31,8 +31,3 @@ def classifier(ndim: int) -> TinyResNet:
 def segmenter(ndim: int) -> TinySegNet:
     torch.manual_seed(0)
     return TinySegNet(ndim=ndim, num_classes=3).eval()
-
-
-def spatial_shape(ndim: int) -> tuple[int, ...]:
-    """Non-cubic test shapes: 24×40×32 in 3D, 40×32 in 2D."""
-    return (24, 40, 32)[-ndim:]

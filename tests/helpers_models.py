@@ -90,3 +90,8 @@ class BlobFollower(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
         return self.fc(f.pow(2).sum(dim=tuple(range(2, f.ndim))))
+
+
+def spatial_shape(ndim: int) -> tuple[int, ...]:
+    """Non-cubic test shapes: 24×40×32 in 3D, 40×32 in 2D."""
+    return (24, 40, 32)[-ndim:]

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import medcam3d
-from conftest import spatial_shape
-from helpers_models import BlobFollower
+from helpers_models import BlobFollower, spatial_shape
 from medcam3d.utils.model_targets import ClassifierOutputTarget
 
 METHODS = [

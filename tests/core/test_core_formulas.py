@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import medcam3d
-from conftest import spatial_shape
+from helpers_models import spatial_shape
 from medcam3d.utils.model_targets import ClassifierOutputTarget
 
 MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}

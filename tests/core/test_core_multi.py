@@ -7,8 +7,7 @@ import torch
 from test_core_state import assert_same_state, mixed_state_model, snapshot
 
 import medcam3d
-from conftest import spatial_shape
-from helpers_models import TinyResNet, TinySegNet
+from helpers_models import TinyResNet, TinySegNet, spatial_shape
 from medcam3d.errors import TargetError
 from medcam3d.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
 

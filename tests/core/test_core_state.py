@@ -12,8 +12,7 @@ import torch
 import torch.nn as nn
 
 import medcam3d
-from conftest import spatial_shape
-from helpers_models import TinyResNet, TinySegNet
+from helpers_models import TinyResNet, TinySegNet, spatial_shape
 from medcam3d.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
 
 

@@ -8,8 +8,7 @@ import torch
 import torch.nn as nn
 
 import medcam3d
-from conftest import spatial_shape
-from helpers_models import TinySegNet
+from helpers_models import TinySegNet, spatial_shape
 from medcam3d.errors import TargetError
 from medcam3d.utils import model_targets as mt
 

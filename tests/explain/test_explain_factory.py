@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from explain_helpers import blob_volume, load_classifier, load_segmenter, rotation
 
 import medcam3d
-from conftest import blob_volume, load_classifier, load_segmenter, rotation
 from medcam3d.cli import main
 from medcam3d.explain import ExplainSettings, explain_folder
 from medcam3d.models import load_model, model_source
