@@ -4,9 +4,10 @@ masks and previous-stage segmentations to cases, reading headers, writing float 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "verify_segmentation_file",
     "write_float_map",
     "write_npy",
+    "writer_errors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -225,6 +227,18 @@ def match_prev_stage(
     return mapping
 
 
+@contextlib.contextmanager
+def writer_errors(final: Path) -> Iterator[None]:
+    """An image writer's own failure (ITK raises ``RuntimeError`` on a full disk or a file size
+    limit) as :class:`~medcam3d.errors.OutputPathError` naming the file; ``OSError`` is left to
+    :func:`~medcam3d._atomic.atomic_path`, which names its cause."""
+    try:
+        yield
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[-300:] or type(exc).__name__
+        raise OutputPathError(f"Could not write {final}: {detail}. {SPACE_HINT}") from exc
+
+
 def write_float_map(
     array: np.ndarray,
     path: str | os.PathLike[str],
@@ -249,7 +263,7 @@ def write_float_map(
     def verify(tmp: Path) -> None:
         verify_image_file(tmp, array, properties, rw_class)
 
-    with atomic_path(final, verify=verify) as tmp:
+    with atomic_path(final, verify=verify) as tmp, writer_errors(final):
         if issubclass(rw_class, SimpleITKIO):
             import SimpleITK as sitk
 

@@ -22,7 +22,14 @@ import torch
 from medcam3d._atomic import atomic_path
 from medcam3d.errors import ConfigurationError, InputFileError, TargetError
 from medcam3d.nnunet.engine import NnUNetSlidingWindow, fold_logits_and_maps
-from medcam3d.nnunet.files import Case, check_case_names, verify_segmentation_file, write_float_map, write_npy
+from medcam3d.nnunet.files import (
+    Case,
+    check_case_names,
+    verify_segmentation_file,
+    write_float_map,
+    write_npy,
+    writer_errors,
+)
 from medcam3d.nnunet.loading import ModelInfo, cascade_error, import_nnunet, plain_network
 from medcam3d.sliding import SlidingFinerTarget, SlidingSegmentationTarget, normalize_maps
 
@@ -427,7 +434,7 @@ class NnUNetCAM:
             def verify(tmp: Path) -> None:
                 verify_segmentation_file(tmp, expected, properties, rw)
 
-            with atomic_path(seg_path, verify=verify) as tmp:
+            with atomic_path(seg_path, verify=verify) as tmp, writer_errors(seg_path):
                 rw.write_seg(segmentation, str(tmp), properties)
             result.files.append(seg_path)
         if save_maps:
