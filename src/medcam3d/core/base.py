@@ -51,6 +51,7 @@ from medcam3d.core.checks import (
     check_input,
     check_targets,
     default_targets,
+    resolve_normalize,
     select_output,
 )
 from medcam3d.core.compat import ActivationsAndGradients, PytorchGradCAMHooks, legacy_positional
@@ -397,7 +398,7 @@ class BaseCAM(PytorchGradCAMHooks):
         )
 
     def _resolve_normalize(self, normalize: bool | None) -> bool:
-        return self.normalize if normalize is None else bool(normalize)
+        return resolve_normalize(self.normalize, normalize)
 
     def compute_multi(
         self,

@@ -19,6 +19,7 @@ __all__ = [
     "check_targets",
     "default_targets",
     "model_dtype",
+    "resolve_normalize",
     "select_output",
 ]
 
@@ -172,3 +173,8 @@ def select_output(raw_output: Any, output_index: OutputIndex = 0) -> torch.Tenso
             "Use output_index to pick the tensor of logits."
         )
     return out
+
+
+def resolve_normalize(setting: bool, override: bool | None) -> bool:
+    """A call's ``normalize``: the object's ``setting`` unless the call passes ``override``."""
+    return bool(setting) if override is None else bool(override)

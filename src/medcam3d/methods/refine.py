@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from medcam3d.core.base import BaseCAM, CAMResult, Target
+from medcam3d.core.checks import resolve_normalize
 from medcam3d.core.layers import LayerSpec
 from medcam3d.core.tensors import minmax_normalize
 from medcam3d.methods.gradient import GradCAMPlusPlus
@@ -80,7 +81,7 @@ class RefineCAM:
         normalize: bool | None = None,
     ) -> CAMResult:
         """Maps and details as torch tensors; ``layer_maps`` are the base method's raw per-layer maps."""
-        normalize = self.normalize if normalize is None else bool(normalize)
+        normalize = resolve_normalize(self.normalize, normalize)
         result = self.base_cam.compute(
             input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, normalize=False
         )
@@ -95,7 +96,7 @@ class RefineCAM:
         normalize: bool | None = None,
     ) -> list[CAMResult]:
         """Several target sets from one forward pass of the base method."""
-        normalize = self.normalize if normalize is None else bool(normalize)
+        normalize = resolve_normalize(self.normalize, normalize)
         results = self.base_cam.compute_multi(
             input_tensor, target_sets, eigen_smooth=eigen_smooth, normalize=False
         )

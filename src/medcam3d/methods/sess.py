@@ -29,6 +29,7 @@ from medcam3d.core.checks import (
     check_input,
     check_targets,
     default_targets,
+    resolve_normalize,
     select_output,
 )
 from medcam3d.core.gradients import target_scores
@@ -316,7 +317,7 @@ class SESS:
         if aug_smooth:
             raise ConfigurationError("SESS does not combine with aug_smooth: it already fuses many views.")
         check_gradients_allowed()
-        normalize = self.normalize if normalize is None else bool(normalize)
+        normalize = resolve_normalize(self.normalize, normalize)
         x = check_input(input_tensor, self.model, self._expected_rank)
         geometry = self.geometry(tuple(x.shape[2:]))
         estimate = self.forward_passes(x)
