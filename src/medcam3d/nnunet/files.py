@@ -307,10 +307,9 @@ def _check_nifti_size(path: Path) -> None:
         return
     import nibabel
 
-    header: Any = nibabel.load(str(path)).header
-    needed = (
-        int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    )
+    image: Any = nibabel.load(str(path))
+    proxy = image.dataobj  # the voxel data's offset, shape and type, from the header
+    needed = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
     size = path.stat().st_size
     if size < needed:
         raise OutputPathError(f"{path.name} holds {size} bytes, its header needs {needed}. {SPACE_HINT}")
