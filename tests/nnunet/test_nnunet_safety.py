@@ -200,3 +200,21 @@ def test_a_crafted_later_fold_is_refused_too(crafted_model, tmp_path):
     with pytest.raises(ConfigurationError, match=r"fold_1.*trust-checkpoint"):
         load_predictor(model, folds=(0, 1))
     assert not marker.exists()
+
+
+def test_a_cut_off_legacy_checkpoint_is_damaged_not_refused(tmp_path):
+    """A truncated checkpoint in torch's legacy (non-zip) format fails inside the weights-only
+    unpickler; it is reported as damaged, not as a file that pickles code."""
+    path = tmp_path / "checkpoint_final.pth"
+    checkpoint = {
+        "network_weights": {"w": torch.ones(3)},
+        "trainer_name": "T",
+        "init_args": {"configuration": "c"},
+    }
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+    assert list(load_checkpoint(path)) == list(checkpoint)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ConfigurationError, match="truncated or damaged") as info:
+        load_checkpoint(path)
+    assert "trust" not in str(info.value)

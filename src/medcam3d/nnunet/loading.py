@@ -212,10 +212,16 @@ def load_checkpoint(path: str | os.PathLike[str], trust_checkpoint: bool = False
                 checkpoint = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "weights only" not in text.lower() or trust_checkpoint:
-            raise ConfigurationError(f"{damaged} ({text.splitlines()[0][:200]}).") from exc
         refused = _REFUSED_GLOBAL.search(text)
-        what = f" ({refused.group(0)})" if refused else ""
+        cut_off = any(word in text.lower() for word in ("truncated", "ran out of input", "eof"))
+        if trust_checkpoint or "weights only" not in text.lower() or (cut_off and not refused):
+            reason = next((line for line in text.splitlines() if "WeightsUnpickler error" in line), text)
+            raise ConfigurationError(f"{damaged} ({reason.strip()[:200]}).") from exc
+        if refused:
+            what = f" ({refused.group(0)})"
+        else:
+            reason = next((line for line in text.splitlines() if "WeightsUnpickler error" in line), "")
+            what = f" ({reason.strip().removeprefix('WeightsUnpickler error: ')[:200]})" if reason else ""
         raise ConfigurationError(
             f"Refusing to load {p}: it pickles Python objects{what} beyond the tensors, containers and numpy "
             "values of an nnU-Net checkpoint, and unpickling them would run code from the file. If you trust "
@@ -223,8 +229,9 @@ def load_checkpoint(path: str | os.PathLike[str], trust_checkpoint: bool = False
             "(trust_checkpoint=True in Python)."
         ) from exc
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, ImportError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
-        raise ConfigurationError(f"{damaged} ({type(exc).__name__}: {first}).") from exc
+        first = (str(exc).splitlines() or [""])[0].split(". ")[0][:200]
+        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise ConfigurationError(f"{damaged} ({detail}).") from exc
     missing = (
         list(_REQUIRED_KEYS)
         if not isinstance(checkpoint, dict)
