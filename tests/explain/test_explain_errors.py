@@ -203,18 +203,6 @@ def test_options_checked_before_the_model_loads(scans, tmp_path):
         run(tmp_path, tmp_path / "nowhere", never)
 
 
-def test_existing_outputs_are_refused_up_front(scans, classifier_checkpoint, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "plain_gradcam_predicted.nii.gz").write_bytes(b"keep me")
-    with pytest.raises(errors.OutputPathError, match="exists"):
-        explain_folder(
-            scans, out, factory(classifier_checkpoint), ExplainSettings(progress=False), device="cpu"
-        )
-    assert sorted(p.name for p in out.iterdir()) == ["plain_gradcam_predicted.nii.gz"]
-    assert (out / "plain_gradcam_predicted.nii.gz").read_bytes() == b"keep me"
-
-
 def test_the_command_line_reports_errors_without_a_traceback(scans, tmp_path, capsys):
     from medcam3d.cli import main
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medcam3d.batch.cases import check_case_names
 from medcam3d.errors import InputFileError
 
 __all__ = ["Case", "IMAGE_ENDINGS", "find_cases", "find_masks", "image_ending", "strip_ending"]
@@ -30,6 +31,12 @@ class Case:
     identifier: str
     files: tuple[Path, ...]
     mask: Path | None = None
+
+    @property
+    def extra_inputs(self) -> tuple[Path, ...]:
+        """Inputs besides the scan that shape the results (the target mask): the batch manifest
+        hashes them too, so a changed mask recomputes the case."""
+        return (self.mask,) if self.mask is not None else ()
 
     @property
     def reference(self) -> Path:
@@ -99,7 +106,8 @@ def find_cases(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
     Raises:
         InputFileError: a path does not exist, a folder holds no scans, two cases share an
-            identifier (their outputs would collide).
+            identifier (their outputs would collide) or a name cannot name files
+            (:func:`medcam3d.batch.check_case_names`).
     """
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not items:
@@ -117,14 +125,7 @@ def find_cases(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
             raise InputFileError(
                 f"Input {path} is not an image file this command reads ({', '.join(IMAGE_ENDINGS)}) nor a DICOM folder."
             )
-    seen: dict[str, Case] = {}
-    for case in cases:
-        if case.identifier in seen:
-            raise InputFileError(
-                f"Two inputs give the case name {case.identifier!r} ({seen[case.identifier].files[0]} and "
-                f"{case.files[0]}); their outputs would overwrite each other. Rename one."
-            )
-        seen[case.identifier] = case
+    check_case_names(cases)
     return cases
 
 

@@ -1,8 +1,9 @@
 """``medcam3d explain``: CAMs of any model on any scan, from the command line.
 
-A thin adapter: the flags become :class:`~medcam3d.explain.ExplainSettings` and a
-:class:`~medcam3d.models.ModelSource`, and :func:`~medcam3d.explain.explain_folder` does every check
-and the loop.
+A thin adapter: the flags become :class:`~medcam3d.explain.ExplainSettings`, a
+:class:`~medcam3d.models.ModelSource` and :class:`~medcam3d.batch.BatchOptions` (the batch flags of
+:func:`medcam3d.batch.add_batch_arguments`), and :func:`~medcam3d.explain.explain_run` does every
+check and the run; the command prints the batch summary and exits with its code.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument(
         "--no-segmentation", action="store_true", help="segmenters: do not write the predicted label map"
     )
-    io.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    io.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    io.add_argument("--no-progress", action="store_true", help="hide progress bars (as --quiet)")
 
     model = p.add_argument_group(
         "model (one of: --bundle, --model [+ --checkpoint], --checkpoint --trust-checkpoint)"
@@ -145,6 +145,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cam.add_argument(
         "--list-layers", action="store_true", help="print the layers at the input/patch size and exit"
     )
+    from medcam3d.batch import add_batch_arguments
+
+    add_batch_arguments(p)  # --overwrite --continue_prediction --engine --workers ... --quiet
 
 
 def register(subparsers: Any) -> None:
@@ -198,7 +201,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         viewer=args.viewer,
         save_segmentation=not args.no_segmentation,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not (args.no_progress or args.quiet),
     )
 
 
@@ -235,10 +238,13 @@ def _list_layers(args: argparse.Namespace, source: Any, settings: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command; the exit code is 1 if any case failed."""
-    from medcam3d.explain.runner import explain_folder
+    """Run the command; the exit code is the batch summary's: 1 if any case failed (the others are
+    still done), else 0."""
+    from medcam3d.batch import format_summary, options_from_args
+    from medcam3d.explain.folder import explain_run
     from medcam3d.models.loading import model_source
 
+    options = options_from_args(args, quiet=bool(args.quiet or args.no_progress))
     source = model_source(
         bundle=args.bundle,
         factory=args.model,
@@ -254,15 +260,13 @@ def run(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise ConfigurationError(f"Missing required argument(s): {', '.join(missing)}.")
-    results = explain_folder(
-        args.input, args.output, source, settings, masks=args.target_mask, device=args.device
+    outcome = explain_run(
+        args.input, args.output, source, settings, masks=args.target_mask, device=args.device, options=options
     )
-    done = [r for r in results if r.ok]
-    sys.stdout.write(
-        f"{len(done)} of {len(results)} case(s) explained; {sum(len(r.maps) for r in done)} map(s) in {args.output}\n"
-    )
-    failed = [r for r in results if not r.ok]
-    if failed:
-        sys.stderr.write("Failed cases:\n" + "".join(f"  {r.identifier}: {r.error}\n" for r in failed))
-        return 1
-    return 0
+    maps = sum(len(r.maps) for r in outcome.results if r.ok)
+    text = format_summary(outcome.summary)
+    first, _, rest = text.partition("\n")
+    sys.stdout.write(f"{first}; {maps} map(s)\n")
+    if rest:  # the failed cases, on stderr
+        sys.stderr.write(rest + "\n")
+    return outcome.summary.exit_code

@@ -1,20 +1,18 @@
-"""``explain_folder`` (load the model once, check everything, loop) and ``explain_case`` (one scan).
+"""One case of ``medcam3d explain``: :func:`prepare_model` (checked once per run),
+:func:`prepare_case` (read + preprocess), :func:`explain_prepared` / :func:`explain_case` (CAM, map
+back, write). The loop over a folder is :func:`medcam3d.explain.explain_folder` (the batch layer).
 
 ::
 
-    explain_folder(inputs, output_dir, model_source, settings)
-        ├─ check_settings, find_cases, find_masks, refuse existing outputs     (no model, no voxels)
-        ├─ load_model (once)                                                   (medcam3d.models)
-        ├─ prepare_model: channels, one probe forward at the input/patch size, output kind and
-        │  classes, target classes, layers (given: exist, on the gradient path; else suggested)
-        └─ for each case: explain_case(model, case, settings) → CaseResult
-               read → preprocess (flags, or the bundle's transforms) → CAM (crop/whole or sliding
-               window) → map back to the scan's grid → write maps, label map, sidecars, figures, viewer
+    prepare_model: channels, one probe forward at the input/patch size, output kind and classes,
+                   target classes, layers (given: exist, on the gradient path; else suggested)
+    prepare_case:  read → preprocess (flags, or the bundle's transforms)        → (1, C, *S) tensor
+    explain_prepared: CAM (crop/whole or sliding window) → map back to the scan's grid → write maps,
+                   label map, sidecars, figures, viewer (every file atomically)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -38,15 +36,14 @@ from medcam3d.errors import (
     LayerOutputError,
     MedCAMError,
     NonFiniteInputError,
-    OutputPathError,
     TargetError,
 )
-from medcam3d.explain.cases import Case, find_cases, find_masks
+from medcam3d.explain.cases import Case
 from medcam3d.explain.outputs import label_dtype, output_ending, write_sidecar, write_volume
 from medcam3d.explain.preprocess import PreparedVolume, from_model_order, prepare_arrays
-from medcam3d.explain.settings import ExplainSettings, check_settings
+from medcam3d.explain.settings import ExplainSettings
 from medcam3d.io.geometry import Geometry
-from medcam3d.models.loaded import LoadedModel, ModelSource
+from medcam3d.models.loaded import LoadedModel
 
 __all__ = [
     "CaseResult",
@@ -54,7 +51,7 @@ __all__ = [
     "MapRecord",
     "TargetSpec",
     "explain_case",
-    "explain_folder",
+    "explain_prepared",
     "expected_outputs",
     "prepare_case",
     "prepare_model",
@@ -91,6 +88,9 @@ class CaseResult:
     seconds: float = 0.0
     #: seconds spent reading + preprocessing (``read``), in the CAM (``cam``), mapping back and writing (``write``)
     timings: dict[str, float] = field(default_factory=dict)
+    #: finished by an earlier run into the same folder (the batch manifest's record matched): not
+    #: computed again; ``maps``, ``files`` and ``prediction`` are read back from its sidecars
+    skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -476,7 +476,9 @@ def _compute_whole(model: ExplainModel, cam: CAMMethod, prepared: _Prepared, nor
     return _Computed(maps, output, scores, classes)
 
 
-def _compute_sliding(model: ExplainModel, cam: CAMMethod, prepared: _Prepared, normalize: bool) -> _Computed:
+def _compute_sliding(
+    model: ExplainModel, cam: CAMMethod, prepared: _Prepared, normalize: bool, progress: bool = False
+) -> _Computed:
     from medcam3d.sliding import SlidingSegmentationTarget, SlidingWindowCAM
 
     assert model.patch_size is not None
@@ -488,7 +490,7 @@ def _compute_sliding(model: ExplainModel, cam: CAMMethod, prepared: _Prepared, n
         mirror_axes=tuple(range(len(model.patch_size))) if model.mirror else None,
         gaussian=model.gaussian,
         normalization="volume" if normalize else "none",
-        progress=False,
+        progress=progress,
     )
     targets: list[Any] = []
     for t in model.targets:
@@ -539,13 +541,14 @@ def _compute_sliding(model: ExplainModel, cam: CAMMethod, prepared: _Prepared, n
 
 
 def compute_maps(
-    model: ExplainModel, method: str, prepared: _Prepared, settings: ExplainSettings
+    model: ExplainModel, method: str, prepared: _Prepared, settings: ExplainSettings, progress: bool = False
 ) -> _Computed:
-    """The maps ``(T, *S)`` of one method on the preprocessed tensor (network order, model grid)."""
+    """The maps ``(T, *S)`` of one method on the preprocessed tensor (network order, model grid);
+    ``progress``: a bar over the sliding-window patches."""
     cam = model.cams[method]
     normalize = settings.normalize == "volume"
     if model.patch_size is not None:
-        return _compute_sliding(model, cam, prepared, normalize)
+        return _compute_sliding(model, cam, prepared, normalize, progress)
     return _compute_whole(model, cam, prepared, normalize)
 
 
@@ -592,6 +595,19 @@ def _prediction(model: ExplainModel, output: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def _provenance(loaded: LoadedModel) -> dict[str, Any]:
+    """The model's provenance for sidecars, the same in every process: a network from a
+    ``file.py:factory`` lives in a module whose generated name changes from process to process
+    (``medcam3d_user_model_<hash>``), so its class is named after the file instead (a resumed run,
+    or a Ray worker, then writes the same bytes)."""
+    provenance = loaded.provenance()
+    module = type(loaded.network).__module__
+    factory = loaded.source.factory
+    if module.startswith("medcam3d_user_model_") and factory and ":" in factory:
+        provenance["class"] = f"{factory.rpartition(':')[0]}:{type(loaded.network).__qualname__}"
+    return provenance
+
+
 def _sha256(path: Path) -> str | None:
     from medcam3d.models.checkpoints import sha256_file
 
@@ -606,126 +622,203 @@ def _sha256(path: Path) -> str | None:
     return sha256_file(path)
 
 
+def _explain(
+    model: ExplainModel,
+    case: Case,
+    prepared: _Prepared,
+    settings: ExplainSettings,
+    out: Path,
+    overwrite: bool,
+    progress: bool,
+    written: list[Path],
+    timings: dict[str, float],
+) -> tuple[list[MapRecord], dict[str, Any] | None]:
+    """CAM per method × class, map back, write (each file atomically); ``written`` grows as files are
+    written, ``timings`` gets ``cam``. Raises the case's error."""
+    if prepared.tensor.shape[1] != model.in_channels:
+        raise InputShapeError(
+            f"Case {case.identifier!r} gives {prepared.tensor.shape[1]} channel(s) after preprocessing but the "
+            f"network takes {model.in_channels}."
+        )
+    timings.setdefault("cam", 0.0)
+    records, maps_for_viewer = [], {}
+    ending = output_ending(case.reference, settings.output_format)
+    inputs_meta = [{"path": str(p), "sha256": _sha256(p)} for p in case.files]
+    prediction: dict[str, Any] | None = None
+    output_for_labels: torch.Tensor | None = None
+    from medcam3d import __version__
+
+    for method in model.cams:
+        cam_start = time.perf_counter()
+        computed = compute_maps(model, method, prepared, settings, progress)
+        timings["cam"] += time.perf_counter() - cam_start
+        if prediction is None:
+            prediction = _prediction(model, computed.output)
+            output_for_labels = computed.output
+        maps_np = computed.maps.detach().cpu().numpy()
+        for index, target in enumerate(model.targets):
+            k = computed.classes[index]
+            on_scan = map_back(model, prepared, maps_np[index])
+            stem = _stem(case, method, target)
+            map_file = out / f"{stem}{ending}"
+            layers = ",".join(model.target_layers)
+            descrip = f"medcam3d {__version__} {method} layer={layers} class={k}"
+            write_volume(on_scan, prepared.original, case.reference, map_file, descrip, overwrite)
+            written.append(map_file)
+            figure = None
+            if settings.figures:
+                figure = _figure(
+                    prepared,
+                    on_scan,
+                    out / f"{stem}.png",
+                    f"{case.identifier} {method} class {k}",
+                    overwrite,
+                )
+                written.append(figure)
+            sidecar = {
+                "medcam3d_version": __version__,
+                "case": case.identifier,
+                "inputs": inputs_meta,
+                "mask": {"path": str(case.mask), "sha256": _sha256(case.mask)} if case.mask else None,
+                "model": _provenance(model.loaded),
+                "method": method,
+                "target_layers": list(model.target_layers),
+                "target_layers_suggested": model.layers_suggested,
+                "target": {"kind": target.kind, "class": k, "label": target.label},
+                "target_score": computed.scores[index],
+                "prediction": prediction,
+                "task": model.task,
+                "map": {
+                    "file": map_file.name,
+                    "normalize": settings.normalize,
+                    "min": float(on_scan.min()),
+                    "max": float(on_scan.max()),
+                    "grid": "the input's voxel grid",
+                    "model_grid": _geometry_json(prepared),
+                    "sliding_window": (
+                        {
+                            "patch_size": list(model.patch_size),
+                            "overlap": model.overlap,
+                            "gaussian": settings.gaussian,
+                            "mirror": settings.mirror,
+                        }
+                        if model.patch_size is not None
+                        else None
+                    ),
+                },
+                "preprocessing": prepared.volume.steps if prepared.volume is not None else "bundle",
+                "settings": settings.results_json(),
+            }
+            sidecar_file = out / f"{stem}.json"
+            write_sidecar(sidecar_file, sidecar, overwrite=overwrite)
+            written.append(sidecar_file)
+            records.append(
+                MapRecord(method, k, target.kind, map_file, sidecar_file, figure, computed.scores[index])
+            )
+            maps_for_viewer[f"{method} class {k}"] = on_scan
+    if model.task == "segmentation" and settings.save_segmentation and output_for_labels is not None:
+        labels = output_for_labels.argmax(0).to(torch.float32).cpu().numpy()
+        on_scan = np.rint(map_back(model, prepared, labels, label=True))
+        seg_file = out / f"{case.identifier}_segmentation{ending}"
+        write_volume(
+            on_scan,
+            prepared.original,
+            case.reference,
+            seg_file,
+            "medcam3d segmentation",
+            overwrite,
+            dtype=label_dtype(model.num_classes),
+        )
+        written.append(seg_file)
+    if settings.viewer:
+        from medcam3d.viz.viewer import write_viewer
+
+        page = write_viewer(
+            (prepared.image, prepared.original),
+            maps_for_viewer,
+            out / f"{case.identifier}_viewer.html",
+            title=f"medcam3d {case.identifier}",
+            overwrite=overwrite,
+        )
+        written.append(page)
+    return records, prediction
+
+
+def explain_prepared(
+    model: ExplainModel,
+    case: Case,
+    prepared: _Prepared,
+    settings: ExplainSettings,
+    output_dir: str | os.PathLike[str] | None = None,
+    *,
+    overwrite: bool | None = None,
+    progress: bool = False,
+    read_seconds: float = 0.0,
+) -> CaseResult:
+    """:func:`explain_case` without its read step: ``prepared`` comes from :func:`prepare_case`.
+
+    Args:
+        output_dir: where to write (default ``settings.output_dir``).
+        overwrite: replace existing files (default ``settings.overwrite``; the batch layer passes
+            ``True``: it runs a case only when the folder's manifest has no valid record of it).
+        progress: a bar over the sliding-window patches.
+        read_seconds: the time :func:`prepare_case` took (reported in ``timings["read"]``).
+
+    Returns:
+        the successful :class:`CaseResult` (``ok=True``).
+
+    Raises:
+        the case's error (:class:`~medcam3d.errors.MedCAMError`, ``RuntimeError``, ``OSError``); files
+        are written atomically, so nothing half-written is left under a final name.
+    """
+    start = time.perf_counter()
+    out = Path(settings.output_dir if output_dir is None else output_dir)
+    timings = {"read": float(read_seconds), "cam": 0.0}
+    written: list[Path] = []
+    records, prediction = _explain(
+        model,
+        case,
+        prepared,
+        settings,
+        out,
+        settings.overwrite if overwrite is None else overwrite,
+        progress,
+        written,
+        timings,
+    )
+    seconds = float(read_seconds) + time.perf_counter() - start
+    timings["write"] = seconds - timings["read"] - timings["cam"]
+    return CaseResult(
+        case.identifier, case.files, True, tuple(records), tuple(written), prediction, None, seconds, timings
+    )
+
+
 def explain_case(model: ExplainModel, case: Case, settings: ExplainSettings) -> CaseResult:
     """Explain one case: read, preprocess, CAM per method × class, map back, write.
 
     Writes into ``settings.output_dir`` (see :func:`expected_outputs` for the names); every file
-    atomically. Errors of this case come back as a failed :class:`CaseResult` (nothing half-written
-    is left); the model is never reloaded.
+    atomically, refusing existing files unless ``settings.overwrite``. Errors of this case come back
+    as a failed :class:`CaseResult` (nothing half-written is left; ``files`` lists what was written
+    before the error); the model is never reloaded. (:func:`explain_folder` runs cases through the
+    batch layer instead, which resumes and overwrites as its manifest says.)
     """
     start = time.perf_counter()
     written: list[Path] = []
+    timings: dict[str, float] = {}
     try:
         prepared = prepare_case(model.loaded, case, settings)
-        timings = {"read": time.perf_counter() - start, "cam": 0.0}
-        if prepared.tensor.shape[1] != model.in_channels:
-            raise InputShapeError(
-                f"Case {case.identifier!r} gives {prepared.tensor.shape[1]} channel(s) after preprocessing but the "
-                f"network takes {model.in_channels}."
-            )
-        records, maps_for_viewer = [], {}
-        out = Path(settings.output_dir)
-        ending = output_ending(case.reference, settings.output_format)
-        inputs_meta = [{"path": str(p), "sha256": _sha256(p)} for p in case.files]
-        prediction: dict[str, Any] | None = None
-        output_for_labels: torch.Tensor | None = None
-        from medcam3d import __version__
-
-        for method in model.cams:
-            cam_start = time.perf_counter()
-            computed = compute_maps(model, method, prepared, settings)
-            timings["cam"] += time.perf_counter() - cam_start
-            if prediction is None:
-                prediction = _prediction(model, computed.output)
-                output_for_labels = computed.output
-            maps_np = computed.maps.detach().cpu().numpy()
-            for index, target in enumerate(model.targets):
-                k = computed.classes[index]
-                on_scan = map_back(model, prepared, maps_np[index])
-                stem = _stem(case, method, target)
-                map_file = out / f"{stem}{ending}"
-                layers = ",".join(model.target_layers)
-                descrip = f"medcam3d {__version__} {method} layer={layers} class={k}"
-                write_volume(
-                    on_scan, prepared.original, case.reference, map_file, descrip, settings.overwrite
-                )
-                written.append(map_file)
-                figure = None
-                if settings.figures:
-                    figure = _figure(
-                        prepared,
-                        on_scan,
-                        out / f"{stem}.png",
-                        f"{case.identifier} {method} class {k}",
-                        settings.overwrite,
-                    )
-                    written.append(figure)
-                sidecar = {
-                    "medcam3d_version": __version__,
-                    "case": case.identifier,
-                    "inputs": inputs_meta,
-                    "mask": {"path": str(case.mask), "sha256": _sha256(case.mask)} if case.mask else None,
-                    "model": model.loaded.provenance(),
-                    "method": method,
-                    "target_layers": list(model.target_layers),
-                    "target_layers_suggested": model.layers_suggested,
-                    "target": {"kind": target.kind, "class": k, "label": target.label},
-                    "target_score": computed.scores[index],
-                    "prediction": prediction,
-                    "task": model.task,
-                    "map": {
-                        "file": map_file.name,
-                        "normalize": settings.normalize,
-                        "min": float(on_scan.min()),
-                        "max": float(on_scan.max()),
-                        "grid": "the input's voxel grid",
-                        "model_grid": _geometry_json(prepared),
-                        "sliding_window": (
-                            {
-                                "patch_size": list(model.patch_size),
-                                "overlap": model.overlap,
-                                "gaussian": settings.gaussian,
-                                "mirror": settings.mirror,
-                            }
-                            if model.patch_size is not None
-                            else None
-                        ),
-                    },
-                    "preprocessing": prepared.volume.steps if prepared.volume is not None else "bundle",
-                    "settings": settings.as_json(),
-                }
-                sidecar_file = out / f"{stem}.json"
-                write_sidecar(sidecar_file, sidecar, overwrite=settings.overwrite)
-                written.append(sidecar_file)
-                records.append(
-                    MapRecord(method, k, target.kind, map_file, sidecar_file, figure, computed.scores[index])
-                )
-                maps_for_viewer[f"{method} class {k}"] = on_scan
-        if model.task == "segmentation" and settings.save_segmentation and output_for_labels is not None:
-            labels = output_for_labels.argmax(0).to(torch.float32).cpu().numpy()
-            on_scan = np.rint(map_back(model, prepared, labels, label=True))
-            seg_file = out / f"{case.identifier}_segmentation{ending}"
-            write_volume(
-                on_scan,
-                prepared.original,
-                case.reference,
-                seg_file,
-                "medcam3d segmentation",
-                settings.overwrite,
-                dtype=label_dtype(model.num_classes),
-            )
-            written.append(seg_file)
-        if settings.viewer:
-            from medcam3d.viz.viewer import write_viewer
-
-            page = write_viewer(
-                (prepared.image, prepared.original),
-                maps_for_viewer,
-                out / f"{case.identifier}_viewer.html",
-                title=f"medcam3d {case.identifier}",
-                overwrite=settings.overwrite,
-            )
-            written.append(page)
+        timings["read"] = time.perf_counter() - start
+        records, prediction = _explain(
+            model,
+            case,
+            prepared,
+            settings,
+            Path(settings.output_dir),
+            settings.overwrite,
+            False,
+            written,
+            timings,
+        )
         seconds = time.perf_counter() - start
         timings["write"] = seconds - timings["read"] - timings["cam"]
         return CaseResult(
@@ -778,115 +871,3 @@ def _figure(prepared: _Prepared, cam: np.ndarray, path: Path, title: str, overwr
         title=title,
         overwrite=overwrite,
     )
-
-
-# ------------------------------------------------------------------------------------ the folder
-def _case_channels(cases: Sequence[Case]) -> int:
-    counts = {len(c.files) for c in cases}
-    if len(counts) > 1:
-        raise InputFileError(
-            "The cases have different numbers of channel files: "
-            + ", ".join(f"{c.identifier}: {len(c.files)}" for c in cases[:10])
-        )
-    return counts.pop()
-
-
-def explain_folder(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    output_dir: str | os.PathLike[str],
-    model_source: ModelSource | LoadedModel,
-    settings: ExplainSettings | None = None,
-    *,
-    masks: str | os.PathLike[str] | None = None,
-    device: str | torch.device | None = "auto",
-) -> list[CaseResult]:
-    """Explain every case of ``inputs`` with one model, loaded once; one result per case.
-
-    Args:
-        inputs: a folder of scans (NIfTI, MHA/MHD, NRRD; nnU-Net ``_0000`` channel naming groups
-            channels), scan files, a DICOM series folder, or a list of those.
-        output_dir: created if missing; maps ``<case>_<method>_<class>.nii.gz`` (float32, the scan's
-            geometry), sidecars ``.json``, label maps ``<case>_segmentation.nii.gz`` (segmenters),
-            figures ``.png`` and viewer pages ``<case>_viewer.html`` when asked.
-        model_source: a :class:`~medcam3d.models.ModelSource` (loaded here, once) or a model
-            loaded already (:func:`medcam3d.models.load_model`).
-        settings: see :class:`ExplainSettings` (``output_dir`` is set from the argument).
-        masks: target masks for ``target="mask"``: one file, or a folder with ``<case>.nii.gz``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``... (ignored for a model loaded already).
-
-    Returns:
-        One :class:`CaseResult` per case, in input order: successes and failures.
-
-    Raises (before any case is processed, nothing written):
-        ConfigurationError, InputFileError, OutputPathError, BundleError, ModelFactoryError,
-        CheckpointError, InputShapeError, TargetError, LayerNotFoundError, LayerOutputError.
-    """
-    from medcam3d._atomic import check_output_file
-    from medcam3d.models.loading import load_model
-
-    settings = settings or ExplainSettings()
-    settings = dataclasses.replace(
-        settings, output_dir=Path(output_dir), extra={**settings.extra, "has_masks": masks is not None}
-    )
-    settings = check_settings(settings)
-    cases = find_cases(inputs)
-    if masks is not None:
-        cases = find_masks(cases, masks)
-    channels = _case_channels(cases)
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputPathError(f"Output folder {out} is a file; give a folder.")
-    if isinstance(model_source, LoadedModel):
-        loaded = model_source
-    else:
-        if model_source.bundle is not None and masks is not None:
-            raise ConfigurationError(
-                "--target-mask is not supported with MONAI bundles yet; use --model with flags."
-            )
-        loaded = load_model(model_source, device=device)
-    if loaded.bundle is not None:
-        _check_bundle_flags(settings)
-        from medcam3d.models.bundle import bundle_input_channels
-
-        declared = bundle_input_channels(loaded.bundle)
-        if declared is not None and loaded.in_channels is None:
-            loaded.in_channels = declared
-    model = prepare_model(loaded, settings, cases, channels)
-    planned = [path for case in cases for path in expected_outputs(case, settings, model)]
-    for path in planned:
-        check_output_file(path, settings.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
-
-    results = []
-    for case in tqdm(cases, desc="explain", disable=not settings.progress or len(cases) < 2):
-        results.append(explain_case(model, case, settings))
-    failed = [r for r in results if not r.ok]
-    logger.info(
-        "%d of %d case(s) explained%s.",
-        len(results) - len(failed),
-        len(results),
-        f"; failed: {', '.join(r.identifier for r in failed)}" if failed else "",
-    )
-    return results
-
-
-def _check_bundle_flags(settings: ExplainSettings) -> None:
-    used = [
-        flag
-        for flag, on in (
-            ("--orientation", settings.orientation is not None),
-            ("--spacing", settings.spacing is not None),
-            ("--window", settings.window is not None),
-            ("--zscore", settings.zscore),
-            ("--percentiles", settings.percentiles is not None),
-            ("--input-size", settings.input_size is not None),
-            ("--axis-order", settings.axis_order != "zyx"),
-        )
-        if on
-    ]
-    if used:
-        raise ConfigurationError(
-            f"{', '.join(used)}: a MONAI bundle brings its own preprocessing (configs/inference.json 'preprocessing'); "
-            "leave these flags out (--patch-size / --overlap still choose the sliding window)."
-        )

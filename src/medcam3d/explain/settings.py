@@ -58,8 +58,12 @@ class ExplainSettings:
             ``.nhdr`` → ``.nrrd``, DICOM → ``.nii.gz``), or an ending (``"mha"``, ``"nrrd"``).
         figures: a three-plane PNG per map; viewer: one HTML viewer page per case.
         save_segmentation: for segmenters, also write the predicted label map (integer).
-        overwrite: replace existing outputs (otherwise any existing output is an error up front).
+        overwrite: recompute every case and replace its outputs (``--overwrite``); otherwise
+            :func:`~medcam3d.explain.explain_folder` resumes: the output folder's manifest decides
+            which cases run (finished ones are skipped), and :func:`~medcam3d.explain.explain_case`
+            alone refuses existing files.
         progress: tqdm bars.
+        extra: internal facts of the run (``has_masks``), part of the results' settings.
     """
 
     output_dir: Path = Path("explain_out")
@@ -93,6 +97,15 @@ class ExplainSettings:
         """The settings as JSON-ready values (paths as strings)."""
         out = asdict(self)
         out["output_dir"] = str(self.output_dir)
+        return out
+
+    def results_json(self) -> dict[str, Any]:
+        """The settings that shape the results, JSON-ready: :meth:`as_json` without ``output_dir``,
+        ``overwrite`` and ``progress`` (how and where a run writes, not what). They go into every
+        sidecar and the output folder's batch manifest, so that a resumed run writes the same bytes."""
+        out = self.as_json()
+        for name in ("output_dir", "overwrite", "progress"):
+            out.pop(name)
         return out
 
 
