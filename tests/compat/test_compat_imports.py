@@ -129,3 +129,21 @@ def test_the_package_loads_the_modules_pytorch_grad_cam_loads() -> None:
     assert medcam3d.utils.reshape_transforms
     assert medcam3d.metrics.cam_mult_image.CamMultImageConfidenceChange
     assert medcam3d.metrics.road.ROADCombined
+
+
+def test_guided_backprop_is_callable_after_its_module_is_imported() -> None:
+    import torch
+
+    import medcam3d
+    import medcam3d.guided_backprop  # binds the package attribute to the module
+    from medcam3d.guided_backprop import GuidedBackpropReLUModel
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
+    x = torch.randn(1, 1, 8, 8)
+    model(x)
+    direct = medcam3d.methods.guided.guided_backprop(model, x, 1)
+    torch.testing.assert_close(medcam3d.guided_backprop(model, x, 1), direct)
+    assert GuidedBackpropReLUModel(model)(x, 1).shape == (8, 8, 1)
