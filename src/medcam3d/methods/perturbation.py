@@ -27,6 +27,7 @@ from medcam3d.core.context import CallContext
 from medcam3d.core.layers import LayerSpec
 from medcam3d.core.projection import first_component_projection
 from medcam3d.core.tensors import minmax_normalize, resize_maps, spatial_mean
+from medcam3d.errors import ConfigurationError
 
 __all__ = [
     "ScoreCAM",
@@ -45,6 +46,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_MEMORY_BYTES = 1 << 30
 #: default of ``warn_forwards``: more perturbed forward passes than this log a warning first
 LONG_RUN_FORWARDS = 300
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 class PerturbationCAM(BaseCAM):
@@ -80,12 +85,17 @@ class PerturbationCAM(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, target_layers, reshape_transform, *args, **kwargs)
-        if batch_memory_bytes <= 0:
-            raise ValueError(f"batch_memory_bytes must be positive, got {batch_memory_bytes}.")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}.")
-        if top_k_channels is not None and top_k_channels < 1:
-            raise ValueError(f"top_k_channels must be a positive integer or None, got {top_k_channels}.")
+        if not _positive_int(batch_memory_bytes):
+            raise ConfigurationError(
+                f"batch_memory_bytes must be a positive number of bytes (an int, e.g. 1 << 30 for 1 GiB), "
+                f"got {batch_memory_bytes!r}."
+            )
+        if batch_size is not None and not _positive_int(batch_size):
+            raise ConfigurationError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+        if top_k_channels is not None and not _positive_int(top_k_channels):
+            raise ConfigurationError(
+                f"top_k_channels must be a positive integer or None, got {top_k_channels!r}."
+            )
         self.batch_memory_bytes = int(batch_memory_bytes)
         self.batch_size = batch_size
         self.top_k_channels = top_k_channels
