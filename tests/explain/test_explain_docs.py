@@ -21,12 +21,13 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "explain.md"
 FENCE = re.compile(r"^\s*```([^\n]*)\n(.*?)^\s*```", re.S | re.M)
 
 
-def blocks(kind: str) -> list[str]:
+def blocks(kind: str, with_info: bool = False) -> list:
+    """The bodies of the ``kind`` blocks (not ``skip``); with ``with_info``: (info words, body)."""
     found = []
     for info, body in FENCE.findall(DOC.read_text(encoding="utf-8")):
         words = info.split()
         if words[:1] == [kind] and "skip" not in words[1:]:
-            found.append(body)
+            found.append((words, body) if with_info else body)
     return found
 
 
@@ -36,22 +37,30 @@ def test_the_examples_run(tmp_path, monkeypatch, capsys):
     namespace: dict[str, object] = {"__name__": "__doc_example__"}
     for index, block in enumerate(blocks("python")):
         exec(compile(block, f"docs/explain.md[python block {index}]", "exec"), namespace)  # noqa: S102
-    commands = []
-    for block in blocks("bash"):
+    commands = []  # (command, expected exit code): a "bash fails" block's commands exit with 1
+    for words, block in blocks("bash", with_info=True):
         joined = re.sub(r"\\\n\s*", " ", block)
         commands += [
-            line.strip() for line in joined.splitlines() if line.strip().startswith("medcam3d explain")
+            (line.strip(), 1 if "fails" in words else 0)
+            for line in joined.splitlines()
+            if line.strip().startswith("medcam3d explain")
         ]
-    assert len(commands) == 5, commands
-    for command in commands:
+    assert len(commands) == 8 and [code for _, code in commands].count(1) == 1, commands
+    for command, code in commands:
         argv = shlex.split(command)[1:]
-        assert main([*argv, "--no-progress"]) == 0, command
-    assert "features" in capsys.readouterr().out  # --list-layers marks the suggestion
+        assert main([*argv, "--no-progress"]) == code, command
+    captured = capsys.readouterr()
+    assert "features" in captured.out  # --list-layers marks the suggestion
+    assert "2 case(s): 0 done, 2 skipped (finished before), 0 failed" in captured.out  # the re-run
+    assert 'methods: ["gradcam", "hirescam"] -> ["layercam"]' in captured.err  # the refusal
+    assert sorted(p.name for p in (tmp_path / "maps").glob("*.nii.gz")) == [
+        f"case_{c}_layercam_{k}.nii.gz" for c in "ab" for k in ("class1", "predicted")
+    ]  # --overwrite: the new maps, the old ones removed
     for folder in ("maps", "maps_py", "seg_maps", "bundle_maps", "pickle_maps"):
         written = sorted((tmp_path / folder).glob("*.nii.gz"))
         assert written, folder
         for path in written:
-            case = path.name.split("_gradcam")[0].split("_hirescam")[0].split("_segmentation")[0]
+            case = re.match(r"(case_[ab])_", path.name).group(1)  # type: ignore[union-attr]
             source = nib.load(str(tmp_path / "scans" / f"{case}.nii.gz"))
             image = nib.load(str(path))
             np.testing.assert_allclose(image.affine, source.affine, atol=1e-5)
