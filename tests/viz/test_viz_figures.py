@@ -403,3 +403,24 @@ def test_map_on_another_grid_is_refused_and_no_overlap_is_named(tmp_path: Path) 
     with pytest.raises(GeometryError, match="does not overlap"):
         three_plane_figure((image, grid), cam, tmp_path / "mask.png", mask=(cam > 0.5, far))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_slice_pngs_outline_the_mask(tmp_path) -> None:
+    import matplotlib.image
+
+    from medcam3d.viz import save_slice_pngs
+    from medcam3d.viz.figures import label_outline
+
+    image = np.zeros((3, 12, 14), np.float32)
+    cam = np.zeros_like(image)
+    mask = np.zeros((3, 12, 14), np.uint8)
+    mask[1, 3:8, 4:10] = 2
+    paths = save_slice_pngs(image, cam, tmp_path, axis=0, mask=mask, overwrite=True)
+    pixels = matplotlib.image.imread(paths[1])[..., :3]
+    magenta = np.all(np.isclose(pixels, (1.0, 0.0, 1.0), atol=1 / 255), axis=-1)
+    expected = np.zeros((12, 14), bool)
+    expected[3:8, 4:10] = True
+    expected[4:7, 5:9] = False  # the interior stays unpainted: a one-pixel outline
+    assert np.array_equal(magenta, expected)
+    assert np.array_equal(label_outline(mask[1]), expected)
+    assert not np.any(np.all(np.isclose(matplotlib.image.imread(paths[0])[..., :3], (1, 0, 1)), axis=-1))

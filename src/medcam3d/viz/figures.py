@@ -847,6 +847,18 @@ def colorbar_figure(
     return _save(fig, out, dpi, overwrite)
 
 
+def label_outline(labels: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: the pixels of a label map that touch another label or the border (4-neighbours),
+    i.e. a one-pixel outline of every non-zero region."""
+    labels = np.asarray(labels)
+    padded = np.pad(labels, 1, mode="edge")
+    centre = padded[1:-1, 1:-1]
+    differs = np.zeros(labels.shape, dtype=bool)
+    for shifted in (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]):
+        differs |= shifted != centre
+    return (labels != 0) & differs
+
+
 def save_slice_pngs(
     image: Any,
     cam: Any,
@@ -859,8 +871,13 @@ def save_slice_pngs(
     threshold: float | None = None,
     *,
     overwrite: bool = False,
+    mask: Any = None,
+    mask_color: tuple[float, float, float] = (1.0, 0.0, 1.0),
 ) -> list[Path]:
     """One PNG per slice along ``axis`` (0 = z, 1 = y, 2 = x): the map blended over the image.
+
+    ``mask`` (a mask or label map with the image's shape, e.g. the predicted segmentation) is drawn
+    as a one-pixel outline of every labelled region in ``mask_color`` (magenta by default).
 
     Each PNG holds the slice's voxels 1:1 (no resampling for spacing, no axes or labels):
     along ``axis=0`` a ``(H, W)`` slice becomes an ``H x W`` pixel image. The cam is clipped to
@@ -894,11 +911,21 @@ def save_slice_pngs(
         )
     level = resolve_threshold(heat, threshold)
     gray = scene.gray(window)
+    labels = None
+    if mask is not None:
+        labels, _ = volume_and_geometry(mask, "mask")
+        if labels.shape != scene.image.shape:
+            raise ConfigurationError(
+                f"The mask has shape {labels.shape} but the image has shape {scene.image.shape}: "
+                "pass a mask on the image's grid."
+            )
     encoded = []
     for i in range(count):  # render everything first: files appear only once all slices rendered
         rgb = overlay(
             np.take(gray, i, axis=axis), np.take(heat, i, axis=axis), (0.0, 1.0), cmap, alpha, level
         )
+        if labels is not None:
+            rgb[label_outline(np.take(labels, i, axis=axis))] = mask_color
         buffer = io.BytesIO()
         matplotlib.image.imsave(buffer, (np.round(rgb * 255)).astype(np.uint8), format="png")
         encoded.append(buffer.getvalue())
