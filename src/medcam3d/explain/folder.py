@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,8 +155,6 @@ class ExplainCaseWorker:
         return cls(facts.model(loaded, settings), settings)
 
     def prepare(self, case: Case) -> tuple[_Prepared, float]:
-        import time
-
         start = time.perf_counter()
         prepared = prepare_case(self.model.loaded, case, self.settings)
         return prepared, time.perf_counter() - start
@@ -229,8 +228,9 @@ def batch_settings(settings: ExplainSettings, source: ModelSource | LoadedModel)
 # ------------------------------------------------------------------------------------ results
 @dataclass
 class ExplainRun:
-    """What :func:`explain_run` did: one :class:`CaseResult` per case (input order) and the batch
-    layer's :class:`~medcam3d.batch.BatchSummary` (done / skipped / failed, ``exit_code``)."""
+    """What :func:`explain_run` did: one :class:`CaseResult` per case (input order), the batch
+    layer's :class:`~medcam3d.batch.BatchSummary` (done / skipped / failed, ``exit_code``) and the
+    settings kept in the output folder's manifest (:func:`batch_settings`)."""
 
     results: list[CaseResult]
     summary: BatchSummary
