@@ -376,11 +376,6 @@ def test_the_ray_engine_writes_the_same_bytes_as_the_local_engine(tmp_path, monk
     assert not ray.is_initialized()  # the run stopped the Ray it started
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="medcam3d.models.factory names the module of a file.py factory with the salted built-in hash() "
-    "(PYTHONHASHSEED), so it differs between processes; explain's sidecars work around it (_provenance)",
-)
 def test_a_file_factory_gets_the_same_module_name_in_every_process(file_model):
     code, _ = file_model
     script = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -46,7 +47,7 @@ def _import_module(spec: str) -> Any:
         path = Path(spec)
         if not path.is_file():
             raise ModelFactoryError(f"--model: the file {path} does not exist.")
-        name = f"medcam3d_user_model_{abs(hash(str(path.resolve())))}"
+        name = f"medcam3d_user_model_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}"
         if name in sys.modules:
             return sys.modules[name]
         module_spec = importlib.util.spec_from_file_location(name, path)
