@@ -18,5 +18,9 @@ def test_test_modules_have_unique_basenames() -> None:
 
 def test_no_module_imports_from_conftest() -> None:
     pattern = re.compile(r"^\s*(from conftest import|import conftest)", re.M)
-    offenders = [str(p.relative_to(TESTS)) for p in TESTS.rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
+    offenders = [
+        str(p.relative_to(TESTS))
+        for p in TESTS.rglob("*.py")
+        if pattern.search(p.read_text(encoding="utf-8"))
+    ]
     assert offenders == []
