@@ -256,7 +256,7 @@ class SlidingSegmentationTarget:
                 return output[category].sum()
 
             return whole
-        return SemanticSegmentationTarget(category, mask=self.patch_mask(info))
+        return SemanticSegmentationTarget(category, mask=self.patch_mask(info), warn_empty=False)
 
 
 class SlidingFinerTarget(SlidingSegmentationTarget):

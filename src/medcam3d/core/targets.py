@@ -123,8 +123,11 @@ class SemanticSegmentationTarget:
     ``category`` (argmax over the class axis).
     """
 
-    def __init__(self, category: int, mask: Any = None) -> None:
+    def __init__(self, category: int, mask: Any = None, *, warn_empty: bool = True) -> None:
         self.category = category
+        #: warn when the mask is empty (the map is then all zeros); a sliding window turns it off per
+        #: patch, where a patch without the class is normal, and warns once per volume instead
+        self.warn_empty = warn_empty
         self.mask = (
             None
             if mask is None
@@ -150,7 +153,7 @@ class SemanticSegmentationTarget:
                     f"shape is {tuple(channel.shape)}. Resample the mask to the output grid."
                 )
             mask = _as_mask(self.mask, channel)
-        if not bool(mask.any()):
+        if self.warn_empty and not bool(mask.any()):
             source = "no voxel is predicted as this class" if self.mask is None else "the given mask is empty"
             warnings.warn(
                 f"SemanticSegmentationTarget(category={self.category}): {source}, so the score is 0 and the "
