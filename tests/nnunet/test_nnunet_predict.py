@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import builder
+import matplotlib.image as plt_image
 import nibabel
 import numpy as np
 import pytest
@@ -122,6 +123,13 @@ def test_segmentation_identical_to_nnunetv2_predict(nnunet_models, sphere_inputs
         np.testing.assert_allclose(np.load(ours / f"{case}_gradcam_class1.npy"), cam, atol=1e-6)
         pngs = sorted((ours / "gradcam" / case).glob("*.png"))
         assert len(pngs) == cam.shape[0]
+        # the predicted segmentation is outlined (magenta) exactly where its one-pixel contour lies
+        from medcam3d.viz.figures import label_outline
+
+        z = int(np.argmax(our_seg.reshape(our_seg.shape[0], -1).sum(axis=1)))
+        pixels = plt_image.imread(pngs[z])[..., :3]
+        magenta = np.all(np.isclose(pixels, (1.0, 0.0, 1.0), atol=1 / 255), axis=-1)
+        assert magenta.any() and np.array_equal(magenta, label_outline(our_seg[z]))
     # nothing else than the promised outputs
     names = {p.name for p in ours.iterdir()}
     assert names == {

@@ -445,9 +445,13 @@ class NnUNetCAM:
                 npy = out / f"{case.identifier}_{self.method_name}_class{cls}.npy"
                 result.files.append(write_npy(npy, maps[k]))
         if save_slices:
-            self._save_slices(case, maps, out, result.files)
+            self._save_slices(case, maps, out, result.files, segmentation)
 
-    def _save_slices(self, case: Case, maps: np.ndarray, out: Path, written: list[Path]) -> None:
+    def _save_slices(
+        self, case: Case, maps: np.ndarray, out: Path, written: list[Path], segmentation: np.ndarray
+    ) -> None:
+        """One PNG per axial slice and class: the map over the first channel, with the outline of
+        the predicted segmentation (every label) drawn on top."""
         from medcam3d.viz import save_slice_pngs
 
         image, _ = self.info.reader_writer_class().read_images([case.files[0]])
@@ -459,5 +463,13 @@ class NnUNetCAM:
                 raise RuntimeError(f"image {image.shape} and map {cam.shape} differ")
             # each PNG is written atomically and compared byte for byte before its rename
             written.extend(
-                save_slice_pngs(image, cam, folder, axis=0, prefix=f"class{cls}_slice", overwrite=True)
+                save_slice_pngs(
+                    image,
+                    cam,
+                    folder,
+                    axis=0,
+                    prefix=f"class{cls}_slice",
+                    overwrite=True,
+                    mask=segmentation if np.shape(segmentation) == image.shape else None,
+                )
             )
