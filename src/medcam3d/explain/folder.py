@@ -473,7 +473,7 @@ def explain_run(
     computed = local["worker"].results if "worker" in local else {}
     results = _collect(cases, summary, computed, out)
     failed = [r for r in results if not r.ok]
-    logger.info(
+    logger.debug(  # the batch summary (format_summary) says the same to the user
         "%d of %d case(s) explained (%d finished before)%s.",
         len(results) - len(failed),
         len(results),
