@@ -374,3 +374,22 @@ def check_writable_dir(folder: str | os.PathLike[str], create: bool = True) -> P
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputPathError(f"Output folder {folder} is not writable. Choose a writable location.")
     return folder
+
+
+def check_output_location(folder: str | os.PathLike[str]) -> Path:
+    """Check, without creating anything, that ``folder`` is or can become a writable folder: the
+    nearest existing path on the way to it must be a writable folder. Raises OutputPathError."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        if existing == folder:
+            raise OutputPathError(f"The output folder {folder} is a file; choose a folder.")
+        raise OutputPathError(
+            f"Cannot create the output folder {folder}: {existing} is a file. Choose a folder."
+        )
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        what = folder if existing == folder else f"{existing} (where {folder} would be created)"
+        raise OutputPathError(f"The output folder {what} is not writable. Choose a writable location.")
+    return folder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import shutil
 from pathlib import Path
 
@@ -259,4 +260,12 @@ def test_failing_case_is_reported_and_others_continue(nnunet_models, multi_input
     assert code == 1
     assert "mc1" in capsys.readouterr().err
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["mc0.nii.gz", "mc0_gradcam_class1.nii.gz"]
+    # the batch layer's manifest (the finished case) and its lock file, and the one case's files
+    assert names == [
+        ".medcam3d_manifest.lock",
+        "mc0.nii.gz",
+        "mc0_gradcam_class1.nii.gz",
+        "medcam3d_manifest.json",
+    ]
+    manifest = json.loads((out / "medcam3d_manifest.json").read_text(encoding="utf-8"))
+    assert sorted(manifest["cases"]) == ["mc0"]  # the failed case is not recorded: a re-run retries it

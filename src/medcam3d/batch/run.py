@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medcam3d._atomic import check_writable_dir, clean_stale_temporaries, describe_os_error, is_temporary
+from medcam3d._atomic import (
+    check_output_location,
+    check_writable_dir,
+    clean_stale_temporaries,
+    describe_os_error,
+    is_temporary,
+)
 from medcam3d.batch.cases import InputsOf, case_inputs, check_case_names
 from medcam3d.batch.manifest import MANIFEST_NAME, Manifest, hash_input
 from medcam3d.batch.options import BatchOptions
@@ -56,9 +62,12 @@ def plan_batch(
     Raises:
         InputFileError: unsafe or repeated case names.
         SettingsMismatchError: the folder's manifest has other settings (without ``overwrite``).
+        OutputPathError: the folder cannot be made (a file is in the way, no write permission) or
+            its manifest cannot be read.
     """
     options = options or BatchOptions()
     check_case_names(cases)
+    check_output_location(output_dir)
     manifest = Manifest.open(output_dir, settings, options.overwrite)
     plan = BatchPlan(manifest)
     inputs_of = inputs or case_inputs

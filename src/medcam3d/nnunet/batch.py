@@ -3,16 +3,23 @@
 :func:`segment_and_explain` is the one function behind ``medcam3d nnunet`` and
 :func:`run_cam_for_prediction` (``nnunetv2_cam``'s Python function): it takes a trained model
 folder (loaded only after the cheap checks) or an initialised ``nnUNetPredictor``, checks the
-inputs, options and output folder, runs every case, and returns a :class:`BatchResult` with the
-results of the cases that succeeded and the errors of those that failed.
+inputs, options and output folder, and runs the cases through the batch layer
+(:func:`medcam3d.batch.run_batch`): a manifest in the output folder records each finished case,
+a re-run skips them (loading no model when every case is finished), recomputes the cases whose
+inputs changed and refuses a folder made with other settings, naming them; the local engine
+prepares the next case in a background thread, the Ray engine spreads the cases over workers.
+It returns a :class:`BatchResult` with the results of the cases that are done and the errors of
+those that failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -20,8 +27,8 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
-from medcam3d._atomic import check_writable_dir, clean_stale_temporaries
-from medcam3d.errors import ConfigurationError, require_extra
+from medcam3d.batch import MANIFEST_NAME, BatchOptions, BatchSummary, Manifest, plan_batch, run_batch
+from medcam3d.errors import ConfigurationError, OutputPathError, require_extra
 from medcam3d.nnunet.files import (
     Case,
     check_map_writer,
@@ -35,10 +42,21 @@ from medcam3d.nnunet.loading import (
     cascade_error,
     check_model_folder,
     import_nnunet,
-    load_predictor,
     resolve_device,
 )
 from medcam3d.nnunet.runner import CaseResult, NnUNetCAM, TargetMode
+from medcam3d.nnunet.worker import (
+    CaseFiles,
+    LoadSpec,
+    NnUNetCaseWorker,
+    RunnerSpec,
+    SaveOptions,
+    folder_fingerprint,
+    manifest_settings,
+    method_file_name,
+    predictor_fingerprint,
+    read_back,
+)
 
 __all__ = ["BatchResult", "CaseFailure", "run_cam_for_prediction", "segment_and_explain"]
 
@@ -61,16 +79,23 @@ class BatchResult:
     """What :func:`segment_and_explain` did.
 
     Attributes:
-        cases: every case of the input, in the order they ran (sorted by identifier).
-        results: one :class:`~medcam3d.nnunet.runner.CaseResult` per case that succeeded, in order.
+        cases: every case of the input, sorted by identifier.
+        results: one :class:`~medcam3d.nnunet.runner.CaseResult` per case that is done, in case
+            order: computed in this run, or finished by an earlier one (``skipped=True``, maps and
+            segmentation read back from its files).
         failures: one :class:`CaseFailure` per case that failed (only with ``continue_on_error``).
         output_folder: where the files went (``None``: nothing was written).
+        skipped: the cases an earlier run finished (their records in the manifest matched).
+        summary: the batch layer's :class:`~medcam3d.batch.BatchSummary` (``None`` without an
+            output folder); ``summary.exit_code`` is the command's.
     """
 
     cases: list[Case]
     results: list[CaseResult] = field(default_factory=list)
     failures: list[CaseFailure] = field(default_factory=list)
     output_folder: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+    summary: BatchSummary | None = None
 
     @property
     def ok(self) -> bool:
@@ -153,6 +178,9 @@ def segment_and_explain(
     progress: bool = True,
     verbose: bool = False,
     trust_checkpoint: bool = False,
+    keep_maps: bool = True,
+    overwrite: bool = False,
+    options: BatchOptions | None = None,
 ) -> BatchResult:
     """Segment and explain every case of ``input_files`` with one forward per (patch, fold, mirror).
 
@@ -175,11 +203,30 @@ def segment_and_explain(
             (``<case><ending>``, ``<case>_<method>_class<k><ending>``,
             ``<method>/<case>/class<k>_slice_NNN.png``, ``<case>_<method>_class<k>.npy``).
         continue_on_error: a case that fails while running is logged and recorded in
-            :attr:`BatchResult.failures`, and the others go on (``False``: the error is raised).
+            :attr:`BatchResult.failures`, and the others go on (``False``: the error is raised,
+            the manifest keeps the cases finished before it).
         progress: tqdm bars over cases and patches. verbose: nnU-Net's own messages when loading.
         trust_checkpoint: unpickle checkpoints that the safe loader refuses
             (:func:`~medcam3d.nnunet.loading.load_checkpoint`): this runs code from the files, so
             only for model folders you trust.
+        keep_maps: hold each case's maps and segmentation in :attr:`BatchResult.results` (cases
+            finished before or computed on Ray workers are read back from their files). ``False``
+            keeps only the file names, so that memory stays bounded over any number of cases
+            (what ``medcam3d nnunet`` does).
+        overwrite: recompute every case and start a new manifest (also ``options.overwrite``).
+        options: how the batch runs (:class:`~medcam3d.batch.BatchOptions`: resume or overwrite,
+            ``engine="ray"`` with ``workers``, ``gpus_per_worker`` …, ``torch_threads``,
+            ``verify_hashes``); ``progress=False`` and ``continue_on_error=False`` override its
+            ``quiet`` and ``continue_on_error``. Only with an output folder.
+
+    With an output folder the cases run through :func:`medcam3d.batch.run_batch`: the folder's
+    manifest (``medcam3d_manifest.json``) records each finished case with the size and SHA-256
+    of its inputs (channel files, mask, previous stage) and the files it wrote. A re-run skips the
+    cases whose record matches (no model is loaded when every case is finished), recomputes
+    those whose inputs changed or whose files are gone, and raises
+    :class:`~medcam3d.batch.SettingsMismatchError` naming the differing settings (model files,
+    folds, checkpoint, method, layers, classes, target, step size, mirroring, which files are
+    written) unless ``overwrite``. Stale temporaries of killed runs are removed at the start.
 
     Before the checkpoints are loaded and before anything is written, it refuses (with an error
     from :mod:`medcam3d.errors`): an unknown method, a step size outside (0, 1], pooling options
@@ -189,10 +236,10 @@ def segment_and_explain(
     (:func:`~medcam3d.nnunet.files.check_case_names`); unreadable images and images with several
     values per voxel (vector or 4-D images); masks or previous-stage segmentations that are
     missing; a cascade stage without ``prev_stage_predictions``; a reader-writer that cannot write
-    float maps; PNGs without matplotlib. Checkpoints that are damaged or that the safe loader
-    refuses fail while loading; layers and classes are checked once the network is loaded, the
-    output folder last, still before the first case runs. The output folder's stale temporaries
-    (of killed runs) are removed before the first case.
+    float maps; PNGs without matplotlib; an output folder whose manifest has other settings.
+    Checkpoints that are damaged or that the safe loader refuses fail while loading; layers and
+    classes are checked once the network is loaded, the output folder is created and locked last,
+    still before the first case runs.
 
     A map that comes out all zero (an empty mask, a class predicted nowhere) is logged as a
     warning naming the case and the class.
@@ -204,11 +251,23 @@ def segment_and_explain(
         raise ConfigurationError(f"cam_type must be '2d' or '3d', got {cam_type!r}.")
     check_step_size(tile_step_size)
     check_method_options(method, pool_size, pool_mode)
+    options = _batch_options(options, progress, continue_on_error, overwrite)
     if target == "mask" and not mask_files:
         raise ConfigurationError(
             "target='mask' needs mask_files (--masks FOLDER): one mask per case, e.g. the ground truth."
         )
-    if isinstance(model, (str, os.PathLike)):
+    from_folder = isinstance(model, (str, os.PathLike))
+    if output_folder is None and options.engine == "ray":
+        raise ConfigurationError(
+            "The Ray engine writes each case's files into the output folder; give an output folder (-o), or "
+            "use the local engine to get the maps in memory only."
+        )
+    if not from_folder and options.engine == "ray":
+        raise ConfigurationError(
+            "The Ray engine loads the model in every worker: give the trained model folder (-m), not an "
+            "nnUNetPredictor loaded already."
+        )
+    if from_folder:
         fold_list = check_model_folder(model, folds, checkpoint_name)
         info = ModelInfo.from_folder(model)
     else:
@@ -220,80 +279,203 @@ def segment_and_explain(
     masks = match_masks(cases, mask_files, info.file_ending) if target == "mask" else {}
     if info.previous_stage is not None and prev_stage_predictions is None:
         raise cascade_error(info.name, info.previous_stage)
+    prev = (
+        match_prev_stage(cases, prev_stage_predictions, info.file_ending)
+        if info.previous_stage is not None
+        else {}
+    )
     if output_folder is not None:
         if save_maps:
             check_map_writer(info.reader_writer_class)
         if save_slices:
             require_extra("matplotlib", "viz", "PNG overlays (or pass save_slices=False / --no-save-slices)")
-
-    if isinstance(model, (str, os.PathLike)):
-        predictor = load_predictor(
-            model,
-            folds=fold_list,
-            checkpoint_name=checkpoint_name,
-            device=resolve_device("cpu" if device is None else device),
-            tile_step_size=0.5 if tile_step_size is None else tile_step_size,
-            use_mirroring=True if use_mirroring is None else use_mirroring,
-            verbose=verbose,
-            trust_checkpoint=trust_checkpoint,
-        )
-        info = ModelInfo.from_predictor(predictor)  # the configuration the checkpoints name
-        if info.previous_stage is not None and prev_stage_predictions is None:
-            raise cascade_error(Path(model).name, info.previous_stage)
-    else:
-        predictor = model
-        if device is not None:
-            predictor.device = resolve_device(device)
-    runner = NnUNetCAM(
-        predictor,
-        target_layer,
+    layers = (target_layer,) if isinstance(target_layer, str) else tuple(target_layer)
+    classes = (target_class,) if isinstance(target_class, (int, np.integer)) else tuple(target_class)
+    spec = RunnerSpec(
+        tuple(str(name) for name in layers),
+        tuple(classes),
         method=method,
-        target_classes=target_class,
         target=target,
         cam_type=cam_type,
         tile_step_size=tile_step_size,
         use_mirroring=use_mirroring,
         method_kwargs={**segxres_kwargs(method, pool_size, pool_mode), **(method_kwargs or {})},
-        progress=progress,
     )
-    prev = match_prev_stage(cases, prev_stage_predictions, info.file_ending) if runner.cascaded else {}
-    out = None if output_folder is None else check_writable_dir(output_folder)
-    if out is not None:
-        _clean_stale(out, runner.method_name, cases)
+    save = SaveOptions(save_segmentation, save_maps, save_slices, save_numpy)
+    load = (
+        LoadSpec(
+            str(model),
+            tuple(fold_list),
+            checkpoint_name,
+            "cpu" if device is None else str(device),  # resolved where the model is loaded
+            0.5 if tile_step_size is None else float(tile_step_size),
+            True if use_mirroring is None else bool(use_mirroring),
+            trust_checkpoint=trust_checkpoint,
+            verbose=verbose,
+        )
+        if from_folder
+        else None
+    )
+
+    def loaded_runner(on_device: bool = True) -> NnUNetCAM:
+        """Load the model (a folder) or take the predictor, and check layers and classes."""
+        if load is not None:
+            predictor = load.load(None if on_device else "cpu")
+            loaded = ModelInfo.from_predictor(predictor)  # the configuration the checkpoints name
+            if loaded.previous_stage is not None and prev_stage_predictions is None:
+                raise cascade_error(Path(load.model_folder).name, loaded.previous_stage)
+        else:
+            predictor = model
+            if device is not None:
+                predictor.device = resolve_device(device)
+        runner = spec.runner(predictor, progress=not options.quiet)
+        if runner.cascaded and not prev:  # the checkpoints name a cascade stage the folder did not
+            prev.update(match_prev_stage(cases, prev_stage_predictions, info.file_ending))
+        return runner
+
+    files = CaseFiles(masks, prev)
+    if output_folder is None:
+        return _in_memory(cases, loaded_runner(), files, save, options)
+
+    if load is not None:
+        fingerprint = folder_fingerprint(load.model_folder, fold_list, checkpoint_name)
+        step, mirroring = load.tile_step_size, load.use_mirroring
+    else:
+        fingerprint = predictor_fingerprint(model)
+        step = model.tile_step_size if tile_step_size is None else float(tile_step_size)
+        mirroring = model.use_mirroring if use_mirroring is None else bool(use_mirroring)
+    settings = manifest_settings(
+        fingerprint,
+        spec,
+        save,
+        folds=fold_list if load is not None else None,
+        checkpoint_name=checkpoint_name if load is not None else None,
+        tile_step_size=step,
+        use_mirroring=mirroring,
+        has_masks=bool(masks),
+        cascade=info.previous_stage is not None,
+    )
+    out = Path(output_folder)
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"Output folder {out} is a file; give a folder (-o).")
+    plan = plan_batch(cases, out, settings, options, inputs=files.inputs)  # other settings: refused here
+    worker_factory: Callable[[], Any]
+    local: dict[str, NnUNetCaseWorker] = {}
+    if options.engine == "ray":
+        assert load is not None
+        if plan.to_run:
+            loaded_runner(on_device=False)  # layers and classes checked here, on the CPU, once
+            worker_factory = functools.partial(NnUNetCaseWorker.load, load, spec, files, save)
+        else:
+            worker_factory = _nothing_to_do
+    else:
+        checked = loaded_runner() if plan.to_run else None  # a finished folder loads no model
+
+        def worker_factory() -> NnUNetCaseWorker:
+            runner = checked if checked is not None else loaded_runner()
+            local["worker"] = NnUNetCaseWorker(runner, files, save, keep_maps=keep_maps)
+            return local["worker"]
+
+    if not plan.to_run:
+        logger.info("Every case of %s was finished before; nothing to compute (no model loaded).", out)
+    summary = run_batch(cases, worker_factory, out, settings, options, inputs=files.inputs)
+    computed = local["worker"].results if "worker" in local else {}
+    return _collect(
+        cases, summary, computed, info, method_file_name(method), list(spec.target_classes), keep_maps
+    )
+
+
+def _batch_options(
+    options: BatchOptions | None, progress: bool, continue_on_error: bool, overwrite: bool
+) -> BatchOptions:
+    if options is None:
+        return BatchOptions(overwrite=overwrite, quiet=not progress, continue_on_error=continue_on_error)
+    if not isinstance(options, BatchOptions):
+        raise ConfigurationError(
+            f"options must be a medcam3d.batch.BatchOptions, got {type(options).__name__}."
+        )
+    return dataclasses.replace(
+        options,
+        overwrite=options.overwrite or overwrite,
+        quiet=options.quiet or not progress,
+        continue_on_error=options.continue_on_error and continue_on_error,
+    )
+
+
+def _nothing_to_do() -> Any:  # pragma: no cover - run_batch makes no worker when every case is finished
+    raise ConfigurationError(
+        "A case became due after the run was planned (its inputs changed meanwhile); run the command again."
+    )
+
+
+def _in_memory(
+    cases: Sequence[Case], runner: NnUNetCAM, files: CaseFiles, save: SaveOptions, options: BatchOptions
+) -> BatchResult:
+    """No output folder: every case computed in this process, nothing written, no manifest."""
     from tqdm.auto import tqdm
 
-    batch = BatchResult(cases, output_folder=out)
-    for case in tqdm(cases, desc="cases", disable=not progress):
+    batch = BatchResult(list(cases))
+    for case in tqdm(cases, desc="cases", disable=options.quiet):
         try:
             result = runner.run_case(
                 case,
-                out,
-                mask_file=masks.get(case.identifier),
-                prev_stage_file=prev.get(case.identifier),
-                save_segmentation=save_segmentation,
-                save_maps=save_maps,
-                save_slices=save_slices,
-                save_numpy=save_numpy,
+                None,
+                mask_file=files.masks.get(case.identifier),
+                prev_stage_file=files.prev_stage.get(case.identifier),
+                **save.kwargs(),
             )
         except Exception as exc:
-            if not continue_on_error:
+            if not options.continue_on_error:
                 raise
             logger.error("Case %s failed: %s: %s", case.identifier, type(exc).__name__, exc)
             batch.failures.append(CaseFailure(case.identifier, f"{type(exc).__name__}: {exc}"))
             continue
-        logger.debug("%s: wrote %d files", case.identifier, len(result.files))
         batch.results.append(result)
     return batch
 
 
-def _clean_stale(out: Path, method_name: str, cases: Sequence[Case]) -> None:
-    """Remove what killed runs left in the folders this run writes to (the output folder and the
-    existing PNG folders of its cases); temporaries of running writers are kept."""
-    clean_stale_temporaries(out)
+def _collect(
+    cases: Sequence[Case],
+    summary: BatchSummary,
+    computed: dict[str, CaseResult],
+    info: ModelInfo,
+    method_name: str,
+    target_classes: list[int],
+    keep_maps: bool,
+) -> BatchResult:
+    """One result per case that is done (computed now, or finished before), in case order."""
+    manifest = Manifest.read(Path(summary.output_dir) / MANIFEST_NAME)
+    records = manifest.records if manifest is not None else {}
+    done, skipped = set(summary.done), set(summary.skipped)
+    batch = BatchResult(
+        list(cases),
+        failures=[CaseFailure(f.identifier, f.error) for f in summary.failures],
+        output_folder=Path(summary.output_dir),
+        skipped=list(summary.skipped),
+        summary=summary,
+    )
     for case in cases:
-        folder = out / method_name / case.identifier
-        if folder.is_dir():
-            clean_stale_temporaries(folder)
+        name = case.identifier
+        if name not in done and name not in skipped:
+            continue
+        if name in computed:
+            batch.results.append(computed[name])
+            continue
+        outputs = records.get(name, {}).get("outputs", [])
+        paths = [manifest.output_path(o["path"]) for o in outputs] if manifest is not None else []
+        batch.results.append(
+            read_back(
+                name,
+                paths,
+                info.reader_writer_class,
+                info.file_ending,
+                method_name,
+                target_classes,
+                keep_maps,
+                skipped=name in skipped,
+            )
+        )
+    return batch
 
 
 def run_cam_for_prediction(
@@ -321,6 +503,8 @@ def run_cam_for_prediction(
     continue_on_error: bool = False,
     failures: list[tuple[str, str]] | None = None,
     trust_checkpoint: bool = False,
+    overwrite: bool = False,
+    options: BatchOptions | None = None,
 ) -> list[np.ndarray]:
     """``nnunetv2_cam.run_cam_for_prediction`` with the same parameters and return convention:
     segment and explain every case of ``input_files`` with one forward per (patch, fold, mirror).
@@ -338,6 +522,13 @@ def run_cam_for_prediction(
     ``<case>_<method>_class<k><ending>`` per target class with the input's geometry, PNG overlays
     under ``<output_folder>/<method>/<case>/`` and optionally ``.npy`` maps. ``output_folder=None``
     writes nothing and only returns the maps.
+
+    Unlike ``nnunetv2_cam``, a call into a folder a previous call finished resumes it (the
+    manifest, see :func:`segment_and_explain`): finished cases are not computed again and their
+    maps are read back from their files; a call with other settings raises
+    :class:`~medcam3d.batch.SettingsMismatchError` naming them, unless ``overwrite=True``.
+    ``options`` (:class:`~medcam3d.batch.BatchOptions`) chooses the engine (``engine="ray"``,
+    ``workers`` …).
 
     Returns:
         as ``nnunetv2_cam``: a list with one array per successful case (in case order), in the
@@ -369,8 +560,11 @@ def run_cam_for_prediction(
         progress=verbose if progress is None else progress,
         verbose=verbose,
         trust_checkpoint=trust_checkpoint,
+        keep_maps=True,
+        overwrite=overwrite,
+        options=options,
     )
     if failures is not None:
         failures.extend((f.identifier, f.error) for f in batch.failures)
     # CaseResult.maps is (T, *S) float32 in [0, 1]: for one int class T = 1, nnunetv2_cam's (1, *S)
-    return [np.ascontiguousarray(r.maps, dtype=np.float32) for r in batch.results]
+    return [np.ascontiguousarray(r.maps, dtype=np.float32) for r in batch.results if r.maps is not None]

@@ -1,7 +1,9 @@
 """``medcam3d nnunet``: segment and explain with a trained nnU-Net v2 model.
 
 Accepts every flag of the ``nnunetv2_cam`` command with the same spelling and meaning, plus a
-few of its own (``--target``, ``--masks``, ``-prev_stage_predictions``, ``--no-progress``).
+few of its own (``--target``, ``--masks``, ``-prev_stage_predictions``, ``--no-progress``) and the
+batch layer's (``--overwrite``, ``--continue_prediction``, ``--engine ray``, ``--workers`` …:
+resume, Ray; see docs/scale.md).
 nnunetv2 is imported only when the command runs.
 """
 
@@ -11,7 +13,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from medcam3d.errors import ConfigurationError, MedCAMError
@@ -106,6 +107,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="unpickle checkpoints that the safe loader (torch.load weights_only=True) refuses: this runs code "
         "from the files, use it only for model folders you trust",
     )
+    from medcam3d.batch import add_batch_arguments
+
+    # --overwrite --continue_prediction --engine --ray-address --workers --gpus-per-worker
+    # --cpus-per-worker --torch-threads --verify-hashes --quiet (docs/scale.md)
+    add_batch_arguments(p)
 
 
 def register(subparsers: Any) -> None:
@@ -155,10 +161,11 @@ def parse_folds(values: Sequence[str]) -> list[int | str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command; returns the exit code (non-zero if any case failed).
+    """Run the command; returns the exit code (1 if any case failed, the others still done).
 
     A thin adapter: the flags become the arguments of :func:`medcam3d.nnunet.segment_and_explain`,
-    which does every check and the loop.
+    which does every check and runs the cases through the batch layer; prints the batch summary
+    (done / skipped / failed, the failures on stderr).
     """
     if args.list_methods:
         _print_methods()
@@ -188,6 +195,9 @@ def run(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise ConfigurationError(f"Missing required argument(s): {', '.join(missing)}.")
+    from medcam3d.batch import format_summary, options_from_args
+
+    options = options_from_args(args, quiet=bool(args.quiet or args.no_progress))
     batch = segment_and_explain(
         args.m,
         args.i,
@@ -209,21 +219,19 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_name=args.chk,
         device=args.device,
         continue_on_error=True,  # report a failing case, go on with the others
-        progress=not args.no_progress,
+        progress=not options.quiet,
         verbose=args.verbose,
         trust_checkpoint=args.trust_checkpoint,
+        keep_maps=False,  # memory bounded over any number of cases: the files are the result
+        options=options,
     )
-    if args.verbose:
-        for result in batch.results:
-            logger.info("%s: wrote %d files", result.identifier, len(result.files))
-    done = len(batch.results)
-    sys.stdout.write(f"{done} of {len(batch.cases)} case(s) done; outputs in {Path(args.o)}\n")
-    if batch.failures:
-        sys.stderr.write(
-            "Failed cases:\n" + "".join(f"  {f.identifier}: {f.error}\n" for f in batch.failures)
-        )
-        return 1
-    return 0
+    assert batch.summary is not None  # an output folder was given
+    text = format_summary(batch.summary)
+    first, _, rest = text.partition("\n")
+    sys.stdout.write(first + "\n")
+    if rest:  # the failed cases, on stderr
+        sys.stderr.write(rest + "\n")
+    return batch.summary.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

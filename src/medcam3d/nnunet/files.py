@@ -1,4 +1,5 @@
-"""The files of the nnU-Net integration: grouping inputs into cases, checking case names, matching
+"""The files of the nnU-Net integration: grouping inputs into cases (names checked by
+:func:`medcam3d.batch.check_case_names`), matching
 masks and previous-stage segmentations to cases, reading headers, writing float maps
 (nnunetv2 imported lazily)."""
 
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medcam3d._atomic import SPACE_HINT, atomic_path
+from medcam3d.batch.cases import check_case_names  # the one check every command shares
 from medcam3d.errors import ConfigurationError, InputFileError, OutputPathError
 
 __all__ = [
@@ -136,47 +138,6 @@ def group_input_files(
         case.files = [found[c] for c in range(num_channels)]
     check_case_names(result)
     return sorted(result, key=lambda c: c.identifier)
-
-
-_UNSAFE_NAMES = ("", ".", "..")
-
-
-def _unsafe(identifier: str) -> bool:
-    separators = {"/", "\\", os.sep, os.altsep or "/", "\0"}
-    return identifier in _UNSAFE_NAMES or any(s in identifier for s in separators)
-
-
-def check_case_names(cases: Sequence[Case]) -> None:
-    """Refuse case names that cannot name output files, before anything is loaded or written.
-
-    Outputs are named after the case (``<case><ending>``, ``<method>/<case>/…``), so a case named
-    ``.`` or ``..`` (``.._0000.nii.gz``), an empty name (``_0000.nii.gz``) or a name holding a path
-    separator would write outside its place, and two cases of one name (from two input folders)
-    would overwrite each other. Raises :class:`InputFileError` listing every offending file.
-    """
-    problems: list[str] = []
-    unsafe = [c for c in cases if _unsafe(c.identifier)]
-    if unsafe:
-        listed = "; ".join(f"{c.identifier!r}: {', '.join(c.files)}" for c in unsafe)
-        problems.append(
-            f"case name(s) that cannot name output files (empty, '.', '..' or holding a path separator): "
-            f"{listed}. Rename the files to <case>_0000<ending> with a plain case name"
-        )
-    by_name: dict[str, list[Case]] = {}
-    for c in cases:
-        by_name.setdefault(c.identifier, []).append(c)
-    duplicates = {name: group for name, group in by_name.items() if len(group) > 1}
-    if duplicates:
-        listed = "; ".join(
-            f"{name!r}: {' and '.join(', '.join(c.files) for c in group)}"
-            for name, group in duplicates.items()
-        )
-        problems.append(
-            f"several cases share a name, so their outputs would overwrite each other: {listed}. Rename one "
-            "of them, or run the input folders one at a time into different output folders"
-        )
-    if problems:
-        raise InputFileError("Refusing the input: " + "; and ".join(problems) + ".")
 
 
 def match_masks(

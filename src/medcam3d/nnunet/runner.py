@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from medcam3d._atomic import atomic_path
+from medcam3d.batch.cases import check_case_names
 from medcam3d.errors import ConfigurationError, InputFileError, TargetError
 from medcam3d.nnunet.engine import NnUNetSlidingWindow, fold_logits_and_maps
 from medcam3d.nnunet.files import (
     Case,
-    check_case_names,
     verify_segmentation_file,
     write_float_map,
     write_npy,
@@ -45,13 +45,18 @@ logger = logging.getLogger(__name__)
 @dataclass
 class CaseResult:
     """What one case produced: maps ``(T, *S)`` in the original image's array order and geometry
-    (float32 in [0, 1]), the segmentation ``(*S)``, and the written files."""
+    (float32 in [0, 1]), the segmentation ``(*S)``, and the written files.
+
+    ``maps`` and ``segmentation`` are ``None`` where they are not held in memory
+    (``segment_and_explain(..., keep_maps=False)``, or a case finished before whose files do not
+    hold them); ``skipped`` marks a case finished by an earlier run (read back from its files)."""
 
     identifier: str
-    maps: np.ndarray
-    segmentation: np.ndarray
+    maps: np.ndarray | None
+    segmentation: np.ndarray | None
     target_classes: list[int]
     files: list[Path] = field(default_factory=list)
+    skipped: bool = False
 
 
 class NnUNetCAM:
@@ -374,30 +379,62 @@ class NnUNetCAM:
         save_slices: bool = True,
         save_numpy: bool = False,
     ) -> CaseResult:
-        """Preprocess, predict with CAM, export. Files appear only once everything is computed, and a
-        case that fails while writing leaves none."""
+        """Preprocess, predict with CAM, export: :meth:`preprocess` then :meth:`finish_case`. Files
+        appear only once everything is computed, and a case that fails while writing leaves none."""
         if self.target == "mask" and mask_file is None:
             raise ConfigurationError(f"target='mask' needs a mask file for case {case.identifier!r}.")
         if output_folder is not None:
             check_case_names([case])
         data, mask, properties = self.preprocess(case.files, mask_file, prev_stage_file)
+        return self.finish_case(
+            case,
+            data,
+            mask,
+            properties,
+            output_folder,
+            mask_file=mask_file,
+            save_segmentation=save_segmentation,
+            save_maps=save_maps,
+            save_slices=save_slices,
+            save_numpy=save_numpy,
+        )
+
+    def finish_case(
+        self,
+        case: Case,
+        data: torch.Tensor,
+        mask: np.ndarray | None,
+        properties: dict[str, Any],
+        output_folder: str | os.PathLike[str] | None,
+        mask_file: str | None = None,
+        save_segmentation: bool = True,
+        save_maps: bool = True,
+        save_slices: bool = True,
+        save_numpy: bool = False,
+    ) -> CaseResult:
+        """The compute half of :meth:`run_case` on what :meth:`preprocess` returned: the sliding
+        window over every fold, the segmentation and the maps in the original geometry, and the
+        files (:meth:`write_outputs`; none is left for a case that fails while writing)."""
         logits, raw = self.predict_preprocessed(data, mask, description=case.identifier)
+        del data
         segmentation = self.segmentation_to_original(logits, properties)
+        del logits
         maps = self.maps_to_original(raw, properties)
+        del raw
         self.warn_empty_maps(case.identifier, maps, segmentation, mask, mask_file)
         result = CaseResult(case.identifier, maps, segmentation, list(self.target_classes))
         if output_folder is None:
             return result
         try:
-            self._write_outputs(
+            self.write_outputs(
                 case,
                 result,
                 Path(output_folder),
                 properties,
-                save_segmentation,
-                save_maps,
-                save_numpy,
-                save_slices,
+                save_segmentation=save_segmentation,
+                save_maps=save_maps,
+                save_numpy=save_numpy,
+                save_slices=save_slices,
             )
         except BaseException:
             for path in result.files:  # no partial output for a failed case
@@ -412,20 +449,29 @@ class NnUNetCAM:
             raise
         return result
 
-    def _write_outputs(
+    def write_outputs(
         self,
         case: Case,
         result: CaseResult,
         out: Path,
         properties: dict[str, Any],
-        save_segmentation: bool,
-        save_maps: bool,
-        save_numpy: bool,
-        save_slices: bool,
+        *,
+        save_segmentation: bool = True,
+        save_maps: bool = True,
+        save_numpy: bool = False,
+        save_slices: bool = True,
     ) -> None:
-        """Every file is written through :func:`~medcam3d._atomic.atomic_path` and read back before
-        it takes its final name; ``result.files`` lists each one as soon as it is in place."""
+        """Write the files of ``result`` into ``out`` (replacing files of the same name).
+
+        Every file is written through :func:`~medcam3d._atomic.atomic_path` and read back before
+        it takes its final name; ``result.files`` lists each one as soon as it is in place:
+        ``<case><ending>`` (the segmentation, as ``nnUNetv2_predict``), one float map
+        ``<case>_<method>_class<k><ending>`` per class, ``<case>_<method>_class<k>.npy``, and the PNG
+        overlays ``<method>/<case>/class<k>_slice_NNN.png``.
+        """
         segmentation, maps = result.segmentation, result.maps
+        if segmentation is None or maps is None:
+            raise ValueError(f"the result of case {case.identifier} holds no maps to write")
         rw = self.info.reader_writer_class()
         if save_segmentation:
             seg_path = out / f"{case.identifier}{self.file_ending}"
