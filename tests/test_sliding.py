@@ -11,6 +11,7 @@ from medcam3d.errors import ConfigurationError, InputShapeError
 from medcam3d.sliding import (
     SlidingSegmentationTarget,
     SlidingWindowCAM,
+    accumulator_device_for,
     compute_steps,
     gaussian_importance_map,
     mirror_combinations,
@@ -350,3 +351,29 @@ def test_importance_computed_once_and_handed_to_the_outputs_hook(unet):
     for a in steps[1]:
         total[:, a : a + 16, :] += w
     torch.testing.assert_close(state.weight, 2 * 4 * total)  # 2 runs x 4 mirrors
+
+
+def test_accumulators_move_to_the_cpu_only_when_they_would_not_fit_the_device():
+    gpu = torch.device("cuda", 0)  # a device object; no GPU is needed to decide
+    cpu = torch.device("cpu")
+    assert accumulator_device_for(cpu, 10**15) == cpu
+    assert accumulator_device_for(gpu, 4 * 2**30, free_bytes=40 * 2**30) == gpu
+    assert accumulator_device_for(gpu, 30 * 2**30, free_bytes=40 * 2**30) == cpu  # > half the free memory
+    assert accumulator_device_for(gpu, 30 * 2**30, free_bytes=40 * 2**30, share=0.9) == gpu
+
+
+def test_accumulator_device_option(unet):
+    """``accumulator_device`` places the state's sums there; the maps are the same as with "auto"."""
+    torch.manual_seed(4)
+    volume = torch.randn(1, 20, 20, 18)
+    cam = GradCAM(unet, target_layers=["model.1.submodule.0"])
+    auto = SlidingWindowCAM(cam, (16, 16, 16), mirror_axes=(1,), progress=False)
+    on_cpu = SlidingWindowCAM(cam, (16, 16, 16), mirror_axes=(1,), progress=False, accumulator_device="cpu")
+    state = on_cpu.new_state(tuple(volume.shape), 2)
+    assert state.map_sum.device.type == "cpu" and state.weight.device.type == "cpu"
+    targets = [SlidingSegmentationTarget(0), SlidingSegmentationTarget(1)]
+    torch.testing.assert_close(
+        on_cpu.finalize(on_cpu.accumulate(volume, targets, state=state)), auto(volume, targets)
+    )
+    with pytest.raises(ConfigurationError, match="accumulator_device must be 'auto' or a device"):
+        SlidingWindowCAM(cam, (16, 16, 16), accumulator_device="no-such-device")

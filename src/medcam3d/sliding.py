@@ -37,6 +37,7 @@ from medcam3d.core.protocol import CAMMethod
 from medcam3d.errors import ConfigurationError, InputShapeError, TargetError
 
 __all__ = [
+    "accumulator_device_for",
     "PatchInfo",
     "PatchOutputsHook",
     "PatchTarget",
@@ -373,6 +374,31 @@ def _check_cam(cam: Any) -> None:
     )
 
 
+def accumulator_device_for(
+    device: torch.device, nbytes: int, free_bytes: int | None = None, share: float = 0.5
+) -> torch.device:
+    """Where accumulators of ``nbytes`` go for a model on ``device``: ``device`` itself when it is
+    the CPU or when they take at most ``share`` of its free memory (``free_bytes``, default
+    ``torch.cuda.mem_get_info`` on CUDA), else the CPU (logged), as nnU-Net falls back from
+    ``perform_everything_on_device``."""
+    if device.type == "cpu":
+        return device
+    if free_bytes is None:
+        if device.type != "cuda":
+            return device
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    if nbytes <= share * free_bytes:
+        return device
+    logger.info(
+        "The sums over patches need %.1f GiB, more than %.0f%% of the %.1f GiB free on %s: accumulating on the CPU",
+        nbytes / 2**30,
+        share * 100,
+        free_bytes / 2**30,
+        device,
+    )
+    return torch.device("cpu")
+
+
 class SlidingWindowCAM:
     """Patch-wise CAM of a volume larger than the network's input.
 
@@ -393,6 +419,10 @@ class SlidingWindowCAM:
         steps_fn / gaussian_fn: replace the step rule / Gaussian (the nnU-Net integration passes
             nnU-Net's own helpers).
         autocast: run each forward pass under ``torch.autocast`` on CUDA (as nnU-Net does).
+        accumulator_device: where the sums over patches live: ``"auto"`` (default) the model's
+            device, unless the accumulators of a volume would take more than half of the
+            accelerator's free memory — then the CPU (:func:`accumulator_device_for`), so that a
+            large volume with many classes does not run out of GPU memory; or a device.
     """
 
     def __init__(
@@ -408,6 +438,7 @@ class SlidingWindowCAM:
         steps_fn: Callable[[Sequence[int], Sequence[int], float], Sequence[Sequence[int]]] | None = None,
         gaussian_fn: Callable[[tuple[int, ...], torch.device], torch.Tensor] | None = None,
         autocast: bool = False,
+        accumulator_device: str | torch.device = "auto",
     ) -> None:
         _check_cam(cam)
         if normalization not in ("volume", "slice", "none"):
@@ -433,6 +464,15 @@ class SlidingWindowCAM:
         self.steps_fn = steps_fn
         self.gaussian_fn = gaussian_fn
         self.autocast = autocast
+        if accumulator_device == "auto":
+            self.accumulator_device: str | torch.device = "auto"
+        else:
+            try:
+                self.accumulator_device = torch.device(accumulator_device)
+            except (RuntimeError, TypeError) as exc:
+                raise ConfigurationError(
+                    f"accumulator_device must be 'auto' or a device ('cpu', 'cuda:0'), got {accumulator_device!r}."
+                ) from exc
 
     # -------------------------------------------------------------- helpers
     @property
@@ -467,7 +507,14 @@ class SlidingWindowCAM:
         pad = self._padding(spatial)
         padded = tuple(s + a + b for s, (a, b) in zip(spatial, pad))
         crop = tuple(slice(a, a + s) for s, (a, _) in zip(spatial, pad))
-        device = self.device
+        if isinstance(self.accumulator_device, torch.device):
+            device = self.accumulator_device
+        else:
+            voxels = math.prod(padded)
+            # map sums and weights in float32, and room for a caller's logit sums (nnU-Net: float16)
+            device = accumulator_device_for(
+                self.device, (n_targets + 1) * voxels * 4 + n_targets * voxels * 2
+            )
         return SlidingState(
             map_sum=torch.zeros((n_targets, *padded), dtype=torch.float32, device=device),
             weight=torch.zeros(padded, dtype=torch.float32, device=device),
@@ -560,6 +607,8 @@ class SlidingWindowCAM:
             state.importance = self.importance(device)
         importance = state.importance
         weight = importance.to(torch.float32)
+        on_state = state.map_sum.device
+        state_weight = weight.to(on_state)  # the same values where the sums live (the CPU for big volumes)
         padded = self.pad_volume(volume.to(torch.float32), state.pad)
         slicers = patch_slicers(tuple(padded.shape[1:]), self.patch_size, self.step_size, self.steps_fn)
         combos = mirror_combinations(self.mirror_axes)
@@ -573,8 +622,8 @@ class SlidingWindowCAM:
                     info = PatchInfo(slicer, flip_axes)
                     patch_targets = [t.for_patch(info) if hasattr(t, "for_patch") else t for t in targets]
                     maps, output = self.forward_patch(patch, patch_targets, flip_axes)
-                    state.map_sum[map_slicer] += maps * weight
-                    state.weight[slicer[1:]] += weight
+                    state.map_sum[map_slicer] += (maps * weight).to(on_state)
+                    state.weight[slicer[1:]] += state_weight
                     outputs.append(output)
                 self.on_patch_outputs(state, slicer, outputs, importance)
                 if on_outputs is not None:

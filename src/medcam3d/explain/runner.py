@@ -508,13 +508,14 @@ def _compute_sliding(
     def on_outputs(slicer: tuple[Any, ...], outputs: list[torch.Tensor], importance: torch.Tensor) -> None:
         mean = torch.stack(outputs).mean(0).to(torch.float32)
         if mean.ndim == volume.ndim and tuple(mean.shape[1:]) == tuple(importance.shape):
+            on_state = state.weight.device  # the model's device, or the CPU for a volume too big for it
             if "sum" not in logits:
                 padded = state.weight.shape
-                logits["sum"] = torch.zeros((mean.shape[0], *padded), device=mean.device)
-                logits["weight"] = torch.zeros(padded, device=mean.device)
+                logits["sum"] = torch.zeros((mean.shape[0], *padded), device=on_state)
+                logits["weight"] = torch.zeros(padded, device=on_state)
             w = importance.to(torch.float32)
-            logits["sum"][(slice(None), *slicer[1:])] += mean * w
-            logits["weight"][slicer[1:]] += w
+            logits["sum"][(slice(None), *slicer[1:])] += (mean * w).to(on_state)
+            logits["weight"][slicer[1:]] += w.to(on_state)
         else:
             logits.setdefault("list", []).append(mean)
 

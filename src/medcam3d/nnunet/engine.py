@@ -118,8 +118,9 @@ class LogitAccumulator:
         if len(outputs) > 1:
             prediction /= len(outputs)
         prediction *= importance
-        self.logits[slicer] += prediction
-        self.n_predictions[slicer[1:]] += importance
+        # the sums live on the model's device, or on the CPU for a volume too big for it
+        self.logits[slicer] += prediction.to(self.logits.device)
+        self.n_predictions[slicer[1:]] += importance.to(self.n_predictions.device)
 
     def mean(self, crop: tuple[slice, ...]) -> torch.Tensor:
         """The weighted mean logits ``(heads, *S)`` float16 (in place), padding removed by ``crop``.
