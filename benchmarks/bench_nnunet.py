@@ -73,7 +73,12 @@ def main() -> int:
     parser.add_argument(
         "--background", type=int, default=0, metavar="N", help="CPU-bound processes running meanwhile"
     )
-    parser.add_argument("--background-kind", choices=["python", "torch"], default="python")
+    parser.add_argument(
+        "--background-kind",
+        choices=["python", "torch"],
+        default="python",
+        help="'python': a pure Python loop per process; 'torch': torch operations on every core per process",
+    )
     parser.add_argument("--json", type=str, default=None)
     parser.add_argument(
         "--inprocess",
@@ -233,7 +238,11 @@ def main() -> int:
 
 BURNERS = {
     "python": "x = 0\nwhile True:\n    x = (x + 1) % 1000003\n",
-    "torch": "import torch\ntorch.set_num_threads(1)\na = torch.randn(384, 384)\nwhile True:\n    a = torch.tanh(a @ a)\n",
+    # another torch job: the default thread count (every core), small and large operations
+    "torch": (
+        "import torch\nconv = torch.nn.Conv3d(8, 8, 3, padding=1)\nx = torch.randn(1, 8, 24, 24, 24)\n"
+        "a = torch.randn(256, 256)\nwhile True:\n    a = torch.tanh(a @ a)\n    y = conv(x).sum()\n"
+    ),
 }
 
 

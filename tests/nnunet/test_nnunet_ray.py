@@ -85,3 +85,56 @@ def test_ray_refuses_a_loaded_predictor(tmp_path: Path, nnunet_models, sphere_in
             predictor, sphere_inputs, tmp_path / "out", LAYER, options=BatchOptions(engine="ray", workers=2)
         )
     assert not (tmp_path / "out").exists()
+
+
+def scale_commands() -> list[str]:
+    """The ``medcam3d nnunet`` commands of the "## medcam3d nnunet" section of docs/scale.md."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "scale.md").read_text(encoding="utf-8")
+    section = text.split("\n## medcam3d nnunet\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for info, body in re.findall(r"^```([^\n]*)\n(.*?)^```", section, re.S | re.M):
+        if info.split()[:1] == ["bash"] and "skip" not in info.split():
+            joined = re.sub(r"\\\n\s*", " ", body)
+            commands += [
+                line.strip() for line in joined.splitlines() if line.strip().startswith("medcam3d nnunet")
+            ]
+    return commands
+
+
+def test_the_commands_of_docs_scale_run_and_both_engines_write_the_same_bytes(
+    tmp_path: Path, nnunet_models, sphere_inputs: Path, monkeypatch, capsys
+) -> None:
+    import shlex
+
+    from test_nnunet_docs import substitute
+
+    local_command, ray_command = scale_commands()
+    assert "--engine ray" in ray_command and "--engine" not in local_command
+    monkeypatch.chdir(tmp_path)
+    model = nnunet_models.model_folder(builder.SPHERE)
+    inputs = tmp_path / "imagesTs"
+    shutil.copytree(sphere_inputs, inputs)
+
+    def argv(command: str, *extra: str) -> list[str]:
+        # the fixture's model, one fold, its layer, the CPU; Ray workers of one CPU and no GPU
+        text = substitute(command, model, inputs).replace("--gpus-per-worker 1", "--gpus-per-worker 0")
+        text = text.replace("--cpus-per-worker 2", "--cpus-per-worker 1")
+        return [*shlex.split(text)[2:], "--no-progress", *extra]
+
+    assert cli_main(argv(local_command, "--torch-threads", "1")) == 0
+    assert "2 case(s): 2 done" in capsys.readouterr().out
+    (inputs / "sph2_0000.nii.gz").write_bytes((inputs / "sph1_0000.nii.gz").read_bytes())  # a new scan
+    assert cli_main(argv(ray_command)) == 0
+    assert "3 case(s): 1 done, 2 skipped" in capsys.readouterr().out
+    records = json.loads((tmp_path / "cams" / MANIFEST_NAME).read_text(encoding="utf-8"))["cases"]
+    assert records["sph2"]["engine"] == "ray" and records["sph0"]["engine"] == "local"
+
+    # the whole folder on Ray: the same bytes as the local engine's (sph2 from Ray in both)
+    assert cli_main([*argv(ray_command.replace("-o cams", "-o cams_ray"))]) == 0
+    local_files = final_files(tmp_path / "cams")
+    assert final_files(tmp_path / "cams_ray") == local_files
+    assert sorted(local_files) == [
+        f"sph{i}{suffix}" for i in range(3) for suffix in (".nii.gz", "_gradcam_class1.nii.gz")
+    ]
