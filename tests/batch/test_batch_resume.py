@@ -304,3 +304,32 @@ def test_moving_the_output_folder_keeps_resume_working(tmp_path: Path) -> None:
     run(cases, tmp_path / "out", tmp_path / "log")
     shutil.move(tmp_path / "out", tmp_path / "moved")
     assert run(cases, tmp_path / "moved", tmp_path / "log2").skipped == ["case_000", "case_001"]
+
+
+def test_a_named_manifest_lets_runs_with_other_settings_share_a_folder(tmp_path: Path) -> None:
+    cases = helpers.make_cases(tmp_path / "in", 2)
+    out, log = tmp_path / "out", tmp_path / "log"
+    factory = functools.partial(helpers.CamWorker, log=str(log))
+    first = run_batch(
+        cases, factory, out, SETTINGS, BatchOptions(quiet=True), manifest_name="medcam3d_manifest_a.json"
+    )
+    assert first.manifest == out / "medcam3d_manifest_a.json" and not (out / MANIFEST_NAME).exists()
+    other = {**SETTINGS, "method": "hirescam"}
+    second = run_batch(
+        cases, factory, out, other, BatchOptions(quiet=True), manifest_name="medcam3d_manifest_b.json"
+    )
+    assert sorted(second.done) == ["case_000", "case_001"]  # its own manifest: not a mismatch
+    again = run_batch(
+        cases, factory, out, SETTINGS, BatchOptions(quiet=True), manifest_name="medcam3d_manifest_a.json"
+    )
+    assert again.skipped == ["case_000", "case_001"]
+    with pytest.raises(SettingsMismatchError):
+        run_batch(
+            cases, factory, out, other, BatchOptions(quiet=True), manifest_name="medcam3d_manifest_a.json"
+        )
+    for bad in ("manifest.json", "medcam3d_manifest_x.txt", "medcam3d_manifest/x.json"):
+        with pytest.raises(Exception, match="manifest_name must be a file name"):
+            run_batch(
+                cases, factory, tmp_path / "never", SETTINGS, BatchOptions(quiet=True), manifest_name=bad
+            )
+    assert not (tmp_path / "never").exists()

@@ -265,7 +265,7 @@ def test_failing_case_is_reported_and_others_continue(nnunet_models, multi_input
         ".medcam3d_manifest.lock",
         "mc0.nii.gz",
         "mc0_gradcam_class1.nii.gz",
-        "medcam3d_manifest.json",
+        "medcam3d_manifest_gradcam.json",
     ]
-    manifest = json.loads((out / "medcam3d_manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((out / "medcam3d_manifest_gradcam.json").read_text(encoding="utf-8"))
     assert sorted(manifest["cases"]) == ["mc0"]  # the failed case is not recorded: a re-run retries it

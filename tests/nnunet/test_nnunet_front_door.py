@@ -119,13 +119,13 @@ def test_front_door_returns_successes_and_failures(nnunet_models, multi_inputs, 
     assert [f.identifier for f in batch.failures] == ["mc1"] and "mask" in batch.failures[0].error.lower()
     (result,) = batch.results
     assert result.identifier == "mc0" and result.maps.shape[0] == 2 and batch.output_folder == out
-    batch_files = {"medcam3d_manifest.json", ".medcam3d_manifest.lock"}
+    batch_files = {"medcam3d_manifest_hirescam.json", ".medcam3d_manifest.lock"}
     assert sorted(p.name for p in result.files) == sorted(
         p.name for p in out.iterdir() if p.name not in batch_files
     )
-    assert sorted(json.loads((out / "medcam3d_manifest.json").read_text(encoding="utf-8"))["cases"]) == [
-        "mc0"
-    ]
+    assert sorted(
+        json.loads((out / "medcam3d_manifest_hirescam.json").read_text(encoding="utf-8"))["cases"]
+    ) == ["mc0"]
     for k, cls in enumerate((1, 2)):
         np.testing.assert_array_equal(np.load(out / f"mc0_hirescam_class{cls}.npy"), result.maps[k])
     with pytest.raises(Exception, match="mask"):

@@ -140,7 +140,7 @@ def test_segmentation_identical_to_nnunetv2_predict(nnunet_models, sphere_inputs
         "sph0_gradcam_class1.npy",
         "sph1_gradcam_class1.npy",
         "gradcam",
-        "medcam3d_manifest.json",  # the batch layer's record of the finished cases
+        "medcam3d_manifest_gradcam.json",  # the batch layer's record of the finished cases
         ".medcam3d_manifest.lock",  # its lock against a second run into the same folder
     }
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import builder
 import numpy as np
 import pytest
-from test_nnunet_resume import LAYER, cli, final_files
+from test_nnunet_resume import LAYER, MANIFEST, cli, final_files
 
-from medcam3d.batch import MANIFEST_NAME, BatchOptions
+from medcam3d.batch import BatchOptions
 from medcam3d.nnunet import segment_and_explain
 from medcam3d.nnunet.cli import main as cli_main
 
@@ -61,7 +61,7 @@ def test_two_ray_workers_write_the_local_engines_bytes_and_resume_across_engines
     assert cli_main([*args, "--engine", "ray", "--workers", "2", "--cpus-per-worker", "1"]) == 0
     assert "3 case(s): 2 done, 1 skipped" in capsys.readouterr().out
     assert final_files(out) == expected  # bit for bit
-    manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))["cases"]
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["cases"]
     assert manifest["sph0"]["engine"] == "local"
     assert {manifest[c]["engine"] for c in ("sph1", "sph2")} == {"ray"}
 
@@ -128,7 +128,7 @@ def test_the_commands_of_docs_scale_run_and_both_engines_write_the_same_bytes(
     (inputs / "sph2_0000.nii.gz").write_bytes((inputs / "sph1_0000.nii.gz").read_bytes())  # a new scan
     assert cli_main(argv(ray_command)) == 0
     assert "3 case(s): 1 done, 2 skipped" in capsys.readouterr().out
-    records = json.loads((tmp_path / "cams" / MANIFEST_NAME).read_text(encoding="utf-8"))["cases"]
+    records = json.loads((tmp_path / "cams" / MANIFEST).read_text(encoding="utf-8"))["cases"]
     assert records["sph2"]["engine"] == "ray" and records["sph0"]["engine"] == "local"
 
     # the whole folder on Ray: the same bytes as the local engine's (sph2 from Ray in both)

@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 
 from medcam3d._atomic import is_temporary
-from medcam3d.batch import MANIFEST_NAME, BatchOptions, SettingsMismatchError
+from medcam3d.batch import BatchOptions, SettingsMismatchError
 from medcam3d.nnunet import run_cam_for_prediction, segment_and_explain
 from medcam3d.nnunet.cli import main as cli_main
 
 pytestmark = pytest.mark.slow
 
 LOCK = ".medcam3d_manifest.lock"
+MANIFEST = "medcam3d_manifest_gradcam.json"  # one manifest per CAM method
 LAYER = "decoder.stages.2"
 
 
@@ -36,18 +37,26 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def final_files(folder: Path) -> dict[str, bytes]:
-    """Every finished file below ``folder`` (no temporaries, not the manifest or its lock)."""
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-        and not any(is_temporary(part) for part in p.relative_to(folder).parts)
-        and p.name not in (MANIFEST_NAME, LOCK)
-    }
+    """Every finished file below ``folder`` (no temporaries, not the manifests or their lock).
+    Tolerates files that a running process renames or removes meanwhile."""
+    found: dict[str, bytes] = {}
+    for root, _dirs, names in os.walk(folder):
+        for name in sorted(names):
+            path = Path(root) / name
+            relative = path.relative_to(folder)
+            if any(is_temporary(part) for part in relative.parts) or name == LOCK:
+                continue
+            if name.startswith("medcam3d_manifest") and name.endswith(".json"):
+                continue
+            try:
+                found[relative.as_posix()] = path.read_bytes()
+            except FileNotFoundError:  # renamed or removed by the run being watched
+                continue
+    return dict(sorted(found.items()))
 
 
-def records(out: Path) -> dict[str, dict]:
-    return json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))["cases"]
+def records(out: Path, method: str = "gradcam") -> dict[str, dict]:
+    return json.loads((out / f"medcam3d_manifest_{method}.json").read_text(encoding="utf-8"))["cases"]
 
 
 def cli(model: Path, inputs: Path, out: Path, *extra: str) -> list[str]:
@@ -87,33 +96,27 @@ def test_a_rerun_skips_finished_cases_reads_their_maps_back_and_loads_no_model(
     tmp_path: Path, inputs: Path, sphere_model: Path, capsys
 ) -> None:
     out = tmp_path / "out"
-    first = segment_and_explain(
-        sphere_model,
-        inputs,
-        out,
-        LAYER,
-        [1],
-        folds=[0],
-        use_mirroring=False,
-        save_slices=False,
-        progress=False,
-    )
+
+    def run():
+        return segment_and_explain(
+            sphere_model,
+            inputs,
+            out,
+            LAYER,
+            [1],
+            folds=[0],
+            use_mirroring=False,
+            save_slices=False,
+            progress=False,
+        )
+
+    first = run()
     assert first.summary is not None and sorted(first.summary.done) == ["sph0", "sph1"]
     assert first.summary.workers == 1 and first.summary.startup_s >= 0
     written = final_files(out)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
-    again = segment_and_explain(
-        sphere_model,
-        inputs,
-        out,
-        LAYER,
-        [1],
-        folds=[0],
-        use_mirroring=False,
-        save_slices=False,
-        progress=False,
-    )
+    again = run()
     assert again.summary is not None
     assert again.skipped == ["sph0", "sph1"] and not again.summary.done
     assert again.summary.workers == 0  # no worker was made: no model loaded
@@ -197,17 +200,9 @@ def test_other_settings_are_refused_naming_them_until_overwrite(
     # the Python API raises the error, naming the differences
     with pytest.raises(SettingsMismatchError) as info:
         segment_and_explain(
-            sphere_model,
-            inputs,
-            out,
-            LAYER,
-            [1],
-            method="hirescam",
-            folds=[0],
-            use_mirroring=False,
-            save_slices=False,
+            sphere_model, inputs, out, LAYER, [1], folds=[0], use_mirroring=True, save_slices=False
         )
-    assert any(d.startswith("method:") for d in info.value.differences)
+    assert info.value.differences == ["use_mirroring: false -> true"]
 
     # --overwrite with a class the model lacks: refused once the model is loaded, the folder untouched
     assert (
@@ -218,30 +213,42 @@ def test_other_settings_are_refused_naming_them_until_overwrite(
     assert final_files(out) == written and sorted(records(out)) == ["sph0", "sph1"]
 
     # --overwrite recomputes every case with the new settings; the old maps' names are gone
-    assert (
-        cli_main(
-            cli(
-                sphere_model,
-                inputs,
-                out,
-                "--no-save-slices",
-                "--target-class",
-                "0",
-                "--method",
-                "hirescam",
-                "--overwrite",
-            )
-        )
-        == 0
-    )
-    names = sorted(final_files(out))
-    assert names == [
+    overwrite = cli(sphere_model, inputs, out, "--no-save-slices", "--target-class", "0", "--overwrite")
+    assert cli_main(overwrite) == 0
+    assert sorted(final_files(out)) == [
         "sph0.nii.gz",
-        "sph0_hirescam_class0.nii.gz",
+        "sph0_gradcam_class0.nii.gz",
         "sph1.nii.gz",
+        "sph1_gradcam_class0.nii.gz",
+    ]
+    after_overwrite = final_files(out)
+
+    # another method shares the folder through a manifest of its own (as nnunetv2_cam users run
+    # one method after the other, then compare them with medcam3d evaluate); both resume
+    hirescam = cli(
+        sphere_model, inputs, out, "--no-save-slices", "--target-class", "0", "--method", "hirescam"
+    )
+    assert cli_main(hirescam) == 0
+    assert sorted(records(out, "hirescam")) == ["sph0", "sph1"]
+    files = final_files(out)
+    assert {k: v for k, v in files.items() if "hirescam" not in k} == after_overwrite  # same segmentations
+    assert sorted(k for k in files if "hirescam" in k) == [
+        "sph0_hirescam_class0.nii.gz",
         "sph1_hirescam_class0.nii.gz",
     ]
-    assert sorted(records(out)) == ["sph0", "sph1"]
+    capsys.readouterr()
+    assert cli_main(hirescam) == 0 and cli_main(overwrite[:-1]) == 0
+    assert capsys.readouterr().out.count("2 case(s): 0 done, 2 skipped") == 2
+
+    # ... but not with settings that would replace the other method's segmentations
+    capsys.readouterr()
+    code = cli_main(
+        cli(sphere_model, inputs, out, "--no-save-slices", "--method", "layercam", "-step_size", "0.7")
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "segmentations of a" in err and "tile_step_size: 0.5 -> 0.7" in err
+    assert final_files(out) == files
+
     # --overwrite and --continue_prediction contradict each other
     assert cli_main(cli(sphere_model, inputs, out, "--overwrite", "--continue_prediction")) == 1
     assert "contradict" in capsys.readouterr().err
@@ -307,11 +314,8 @@ def test_sigkill_at_any_moment_then_rerun_completes_only_what_is_missing(
         # wait until this run has written some PNG, then let it go on for `delay` seconds and kill it
         seen = len(final_files(out)) if out.exists() else 0
         while time.monotonic() < deadline and process.poll() is None:
-            if (
-                out.exists()
-                and any(p.suffix == ".png" for p in out.rglob("*.png"))
-                and len(final_files(out)) > seen
-            ):
+            now = final_files(out) if out.exists() else {}
+            if any(name.endswith(".png") for name in now) and len(now) > seen:
                 break
             time.sleep(0.02)
         time.sleep(delay)
@@ -321,10 +325,10 @@ def test_sigkill_at_any_moment_then_rerun_completes_only_what_is_missing(
         for name, content in final_files(out).items():
             if name in expected and not name.endswith(".png"):
                 assert content == expected[name], name
-        done = records(out) if (out / MANIFEST_NAME).exists() else {}
+        done = records(out) if (out / MANIFEST).exists() else {}
         assert len(done) < 3, "the kill came too late to test anything"
 
-    finished_before = set(records(out)) if (out / MANIFEST_NAME).exists() else set()
+    finished_before = set(records(out)) if (out / MANIFEST).exists() else set()
     assert cli_main(args) == 0
     assert set(records(out)) == {"sph0", "sph1", "sph2"}
     assert final_files(out) == expected  # complete, and the same bytes as an uninterrupted run

@@ -86,8 +86,11 @@ def test_a_file_size_limit_fails_the_case_without_a_damaged_map(sphere_model, on
     assert error.startswith("OutputPathError: Could not write ") and "c_gradcam_class1.nii.gz" in error, error
     assert "ulimit -f" in error
     # no map, no segmentation, no temporary: only the batch layer's manifest (no case in it) and lock
-    assert sorted(p.name for p in out.iterdir()) == [".medcam3d_manifest.lock", "medcam3d_manifest.json"]
-    assert json.loads((out / "medcam3d_manifest.json").read_text(encoding="utf-8"))["cases"] == {}
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".medcam3d_manifest.lock",
+        "medcam3d_manifest_gradcam.json",
+    ]
+    assert json.loads((out / "medcam3d_manifest_gradcam.json").read_text(encoding="utf-8"))["cases"] == {}
     # the control: without the limit, the same run writes the files and they read back as returned
     unlimited = _run(LIMITED_RUN, str(sphere_model), str(one_case), str(out), str(2**40))
     assert json.loads(unlimited.stdout.strip().splitlines()[-1]) == {"done": ["c"], "failures": []}
@@ -141,5 +144,5 @@ def test_a_run_removes_what_killed_runs_left(sphere_model, one_case, tmp_path):
         "c.nii.gz",
         "c_gradcam_class1.nii.gz",
         "gradcam",
-        "medcam3d_manifest.json",
+        "medcam3d_manifest_gradcam.json",
     ]

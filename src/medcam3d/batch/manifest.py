@@ -32,6 +32,7 @@ from medcam3d.errors import ConfigurationError, InputFileError, OutputPathError
 
 __all__ = [
     "MANIFEST_NAME",
+    "check_manifest_name",
     "Manifest",
     "SettingsMismatchError",
     "fingerprint_files",
@@ -55,6 +56,21 @@ class SettingsMismatchError(ConfigurationError):
     def __init__(self, message: str, differences: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.differences: list[str] = list(differences)
+
+
+def check_manifest_name(name: str) -> str:
+    """A manifest's file name: ``medcam3d_manifest*.json`` in the output folder itself (several
+    manifests can share a folder, e.g. one per CAM method of ``medcam3d nnunet``)."""
+    if (
+        not isinstance(name, str)
+        or not name.startswith("medcam3d_manifest")
+        or not name.endswith(".json")
+        or any(sep in name for sep in ("/", "\\", "\0"))
+    ):
+        raise ConfigurationError(
+            f"manifest_name must be a file name 'medcam3d_manifest<...>.json' in the output folder, got {name!r}."
+        )
+    return name
 
 
 def _now() -> str:
@@ -271,7 +287,13 @@ class Manifest:
         return cls(path, settings, records, str(payload.get("created") or _now()))
 
     @classmethod
-    def open(cls, folder: str | os.PathLike[str], settings: Mapping[str, Any], overwrite: bool) -> Manifest:
+    def open(
+        cls,
+        folder: str | os.PathLike[str],
+        settings: Mapping[str, Any],
+        overwrite: bool,
+        name: str = MANIFEST_NAME,
+    ) -> Manifest:
         """The manifest of ``folder`` for a run with ``settings`` (nothing is written).
 
         Without ``overwrite``: the existing manifest when its settings equal ``settings`` (a
@@ -284,7 +306,7 @@ class Manifest:
             OutputPathError: the existing manifest cannot be read (and not ``overwrite``).
         """
         normalized = normalize_settings(settings)
-        path = Path(folder) / MANIFEST_NAME
+        path = Path(folder) / check_manifest_name(name)
         if overwrite:
             try:
                 old = cls.read(path)
@@ -298,7 +320,7 @@ class Manifest:
         if differences:
             raise SettingsMismatchError(
                 f"The output folder {path.parent} holds results made with other settings "
-                f"({len(existing.records)} finished case(s) in {MANIFEST_NAME}): "
+                f"({len(existing.records)} finished case(s) in {path.name}): "
                 + "; ".join(differences)
                 + ". Pass overwrite=True (--overwrite) to recompute every case with the new settings, or "
                 "choose another output folder.",

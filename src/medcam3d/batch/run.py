@@ -19,7 +19,7 @@ from medcam3d._atomic import (
     is_temporary,
 )
 from medcam3d.batch.cases import InputsOf, case_inputs, check_case_names
-from medcam3d.batch.manifest import MANIFEST_NAME, Manifest, hash_input
+from medcam3d.batch.manifest import MANIFEST_NAME, Manifest, check_manifest_name, hash_input
 from medcam3d.batch.options import BatchOptions
 from medcam3d.batch.summary import BatchSummary, CaseFailure
 from medcam3d.batch.worker import WorkerFactory, describe_error, resolve_output
@@ -56,6 +56,7 @@ def plan_batch(
     options: BatchOptions | None = None,
     *,
     inputs: InputsOf | None = None,
+    manifest_name: str = MANIFEST_NAME,
 ) -> BatchPlan:
     """Decide, without computing or writing anything, which cases :func:`run_batch` would compute.
 
@@ -68,7 +69,7 @@ def plan_batch(
     options = options or BatchOptions()
     check_case_names(cases)
     check_output_location(output_dir)
-    manifest = Manifest.open(output_dir, settings, options.overwrite)
+    manifest = Manifest.open(output_dir, settings, options.overwrite, manifest_name)
     plan = BatchPlan(manifest)
     inputs_of = inputs or case_inputs
     for case in cases:
@@ -177,7 +178,15 @@ class Driver:
         manifest_path = Path(os.path.abspath(self.manifest.path))
         for item in written:
             path = Path(os.path.abspath(resolve_output(item, self.output_dir)))
-            if path == manifest_path or path.name == LOCK_NAME:
+            if (
+                path == manifest_path
+                or path.name == LOCK_NAME
+                or (
+                    path.parent == manifest_path.parent
+                    and path.name.startswith("medcam3d_manifest")
+                    and path.suffix == ".json"
+                )
+            ):
                 raise OutputPathError(
                     f"Case {case.identifier} returned {path}, a file of the batch layer itself."
                 )
@@ -270,6 +279,7 @@ def run_batch(
     options: BatchOptions | None = None,
     *,
     inputs: InputsOf | None = None,
+    manifest_name: str = MANIFEST_NAME,
 ) -> BatchSummary:
     """Run ``worker_factory()``'s ``prepare`` / ``process`` over every case that is not finished yet.
 
@@ -294,6 +304,9 @@ def run_batch(
         options: :class:`~medcam3d.batch.BatchOptions` (resume by default, local engine).
         inputs: lists the files of a case to hash (default: ``case.files`` + ``case.extra_inputs``);
             runs in this process only.
+        manifest_name: the manifest's file name (``medcam3d_manifest<...>.json``): runs with other
+            settings can share a folder through manifests of their own when their outputs have
+            other names (``medcam3d nnunet`` keeps one per CAM method).
 
     Returns:
         a :class:`~medcam3d.batch.BatchSummary` (done / skipped / failed with the messages;
@@ -318,13 +331,14 @@ def run_batch(
             f"options must be a medcam3d.batch.BatchOptions, got {type(options).__name__}."
         )
     check_case_names(cases)
+    check_manifest_name(manifest_name)
     out = Path(os.path.abspath(check_writable_dir(output_dir)))  # workers get an absolute folder
     inputs_of = inputs or case_inputs
     with _folder_lock(out):
         removed = _clean_temporaries(out)
         if removed:
             logger.info("Removed %d stale temporary file(s) of an interrupted run in %s", removed, out)
-        plan = plan_batch(cases, out, settings, options, inputs=inputs_of)
+        plan = plan_batch(cases, out, settings, options, inputs=inputs_of, manifest_name=manifest_name)
         manifest = plan.manifest
         if options.overwrite or not manifest.path.exists():
             manifest.write()

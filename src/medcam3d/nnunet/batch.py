@@ -27,7 +27,7 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
-from medcam3d.batch import MANIFEST_NAME, BatchOptions, BatchSummary, Manifest, plan_batch, run_batch
+from medcam3d.batch import BatchOptions, BatchSummary, Manifest, plan_batch, run_batch
 from medcam3d.errors import ConfigurationError, OutputPathError, require_extra
 from medcam3d.nnunet.files import (
     Case,
@@ -51,7 +51,9 @@ from medcam3d.nnunet.worker import (
     NnUNetCaseWorker,
     RunnerSpec,
     SaveOptions,
+    check_shared_segmentation,
     folder_fingerprint,
+    manifest_name,
     manifest_settings,
     method_file_name,
     predictor_fingerprint,
@@ -358,7 +360,10 @@ def segment_and_explain(
     out = Path(output_folder)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"Output folder {out} is a file; give a folder (-o).")
-    plan = plan_batch(cases, out, settings, options, inputs=files.inputs)  # other settings: refused here
+    manifest = manifest_name(method_file_name(method))  # one per method: methods share a folder
+    check_shared_segmentation(out, manifest, settings)
+    # other settings: refused here, before the model is loaded
+    plan = plan_batch(cases, out, settings, options, inputs=files.inputs, manifest_name=manifest)
     worker_factory: Callable[[], Any]
     local: dict[str, NnUNetCaseWorker] = {}
     if options.engine == "ray":
@@ -378,7 +383,9 @@ def segment_and_explain(
 
     if not plan.to_run:
         logger.info("Every case of %s was finished before; nothing to compute (no model loaded).", out)
-    summary = run_batch(cases, worker_factory, out, settings, options, inputs=files.inputs)
+    summary = run_batch(
+        cases, worker_factory, out, settings, options, inputs=files.inputs, manifest_name=manifest
+    )
     computed = local["worker"].results if "worker" in local else {}
     return _collect(
         cases, summary, computed, info, method_file_name(method), list(spec.target_classes), keep_maps
@@ -444,7 +451,7 @@ def _collect(
     keep_maps: bool,
 ) -> BatchResult:
     """One result per case that is done (computed now, or finished before), in case order."""
-    manifest = Manifest.read(Path(summary.output_dir) / MANIFEST_NAME)
+    manifest = Manifest.read(summary.manifest)
     records = manifest.records if manifest is not None else {}
     done, skipped = set(summary.done), set(summary.skipped)
     batch = BatchResult(

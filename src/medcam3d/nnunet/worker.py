@@ -35,6 +35,8 @@ __all__ = [
     "NnUNetCaseWorker",
     "RunnerSpec",
     "SaveOptions",
+    "check_shared_segmentation",
+    "manifest_name",
     "manifest_settings",
     "method_file_name",
     "read_back",
@@ -296,6 +298,58 @@ def manifest_settings(
             "numpy": save.numpy,
         },
     }
+
+
+def manifest_name(method_name: str) -> str:
+    """The manifest of one CAM method in an output folder: ``medcam3d_manifest_<method>.json``, so
+    that several methods (run one after the other, as ``nnunetv2_cam`` users do) share a folder and
+    each resumes on its own; ``medcam3d evaluate`` then compares them."""
+    return f"medcam3d_manifest_{method_name}.json"
+
+
+#: the settings that shape the segmentation ``<case><ending>``, which every method's run writes
+SEGMENTATION_SETTINGS = (
+    "model",
+    "folds",
+    "checkpoint",
+    "tile_step_size",
+    "use_mirroring",
+    "cascade_previous_stage",
+)
+
+
+def check_shared_segmentation(folder: Path, name: str, settings: Mapping[str, Any]) -> None:
+    """Refuse a run whose segmentations would replace those of another method's run in the same
+    folder made with another model, folds, checkpoint, step size or mirroring: the maps of that
+    run would then sit beside a segmentation they were not computed with.
+
+    Raises:
+        ConfigurationError: naming the other manifest and each difference.
+    """
+    from medcam3d.batch import Manifest, normalize_settings, settings_differences
+    from medcam3d.errors import ConfigurationError
+
+    ours = normalize_settings(settings)
+    if not ours.get("outputs", {}).get("segmentation") or not folder.is_dir():
+        return
+    for other in sorted(folder.glob("medcam3d_manifest_*.json")):
+        if other.name == name:
+            continue
+        manifest = Manifest.read(other)
+        theirs = manifest.settings if manifest is not None else {}
+        if theirs.get("command") != ours.get("command") or not manifest or not manifest.records:
+            continue
+        if not theirs.get("outputs", {}).get("segmentation"):
+            continue
+        differences = settings_differences(
+            {k: theirs.get(k) for k in SEGMENTATION_SETTINGS}, {k: ours.get(k) for k in SEGMENTATION_SETTINGS}
+        )
+        if differences:
+            raise ConfigurationError(
+                f"The output folder {folder} holds the segmentations of a {theirs.get('method')!r} run ({other.name}) "
+                f"made with other settings: {'; '.join(differences)}. This run would replace them. Choose another "
+                "output folder, or run with the same model, folds, checkpoint, step size and mirroring."
+            )
 
 
 # ------------------------------------------------------------------------------------ read-back
