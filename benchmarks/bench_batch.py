@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "batch"))
 
 import batch_helpers as helpers  # noqa: E402
+from ray_report import report_ray  # noqa: E402
 
 from medcam3d.batch import BatchOptions, run_batch  # noqa: E402
 
@@ -84,28 +85,7 @@ def main() -> None:
                 )
             finally:
                 ray.shutdown()
-            results.update(
-                ray_1_worker_s=round(one, 2),
-                ray_2_workers_s=round(two, 2),
-                ray_1_worker_overhead=round(one / local, 3),
-                speedup_2_vs_1_ray_workers=round(one / two, 3),
-                speedup_2_ray_workers_vs_local=round(local / two, 3),
-                ray_1_worker_startup_s=round(one_start, 2),
-                ray_2_workers_startup_s=round(two_start, 2),
-                ray_1_worker_overhead_after_startup=round((one - one_start) / (local - local_start), 3),
-                speedup_2_vs_1_ray_workers_after_startup=round((one - one_start) / (two - two_start), 3),
-            )
-            print(
-                f"ray engine, 1 worker: {one:.2f} s (actor start {one_start:.2f} s) -> {one / local:.3f} x the local engine"
-            )
-            print(
-                f"ray engine, 2 workers: {two:.2f} s (actor start {two_start:.2f} s) -> {one / two:.3f} x faster than 1"
-            )
-            print(
-                "after worker start-up: 1 Ray worker "
-                f"{results['ray_1_worker_overhead_after_startup']} x local, 2 workers "
-                f"{results['speedup_2_vs_1_ray_workers_after_startup']} x faster than 1"
-            )
+            report_ray(results, local, local_start, (one, one_start), (two, two_start))
         rerun_cases = helpers.make_cases(folder / "in20", args.rerun_cases, shape=tuple(args.shape))  # type: ignore[arg-type]
         timed(rerun_cases, folder / "rerun", BatchOptions(quiet=True, torch_threads=1))
         log = folder / "rerun.log"

@@ -22,6 +22,7 @@ import torch
 from explain_helpers import blob_volume, load_classifier, write_nifti
 
 import medcam3d
+from helpers_docs import section_commands
 from medcam3d.batch import MANIFEST_NAME, BatchOptions, SettingsMismatchError
 from medcam3d.cli import main
 from medcam3d.explain import ExplainSettings, explain_folder, explain_run
@@ -331,16 +332,7 @@ def test_sigkill_mid_run_then_a_rerun_completes_only_the_missing_cases(tmp_path,
 # ---------------------------------------------------------------------------------- Ray
 def scale_commands() -> list[str]:
     """The ``medcam3d explain`` commands of the "## medcam3d explain" section of docs/scale.md."""
-    text = (Path(__file__).resolve().parents[2] / "docs" / "scale.md").read_text(encoding="utf-8")
-    section = text.split("\n## medcam3d explain\n", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for info, body in re.findall(r"^```([^\n]*)\n(.*?)^```", section, re.S | re.M):
-        if info.split()[:1] == ["bash"] and "skip" not in info.split():
-            joined = re.sub(r"\\\n\s*", " ", body)
-            commands += [
-                line.strip() for line in joined.splitlines() if line.strip().startswith("medcam3d explain")
-            ]
-    return commands
+    return section_commands("scale.md", "medcam3d explain", "medcam3d explain")
 
 
 def explain_doc_setup(folder: Path) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from test_nnunet_resume import LAYER, MANIFEST, final_files
 
+from helpers_docs import section_commands
 from medcam3d.batch import BatchOptions
 from medcam3d.nnunet import segment_and_explain
 from medcam3d.nnunet.cli import main as cli_main
@@ -39,22 +40,6 @@ def test_ray_refuses_a_loaded_predictor(tmp_path: Path, nnunet_models, sphere_in
     assert not (tmp_path / "out").exists()
 
 
-def scale_commands() -> list[str]:
-    """The ``medcam3d nnunet`` commands of the "## medcam3d nnunet" section of docs/scale.md."""
-    import re
-
-    text = (Path(__file__).resolve().parents[2] / "docs" / "scale.md").read_text(encoding="utf-8")
-    section = text.split("\n## medcam3d nnunet\n", 1)[1].split("\n## ", 1)[0]
-    commands = []
-    for info, body in re.findall(r"^```([^\n]*)\n(.*?)^```", section, re.S | re.M):
-        if info.split()[:1] == ["bash"] and "skip" not in info.split():
-            joined = re.sub(r"\\\n\s*", " ", body)
-            commands += [
-                line.strip() for line in joined.splitlines() if line.strip().startswith("medcam3d nnunet")
-            ]
-    return commands
-
-
 def test_the_commands_of_docs_scale_run_and_both_engines_write_the_same_bytes(
     tmp_path: Path, nnunet_models, sphere_inputs: Path, monkeypatch, capsys
 ) -> None:
@@ -62,7 +47,7 @@ def test_the_commands_of_docs_scale_run_and_both_engines_write_the_same_bytes(
 
     from test_nnunet_docs import substitute
 
-    local_command, ray_command = scale_commands()
+    local_command, ray_command = section_commands("scale.md", "medcam3d nnunet", "medcam3d nnunet")
     assert "--engine ray" in ray_command and "--engine" not in local_command
     monkeypatch.chdir(tmp_path)
     model = nnunet_models.model_folder(builder.SPHERE)

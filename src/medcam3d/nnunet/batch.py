@@ -44,7 +44,7 @@ from medcam3d.nnunet.loading import (
     import_nnunet,
     resolve_device,
 )
-from medcam3d.nnunet.runner import CaseResult, NnUNetCAM, TargetMode
+from medcam3d.nnunet.runner import CaseResult, NnUNetCAM, TargetMode, method_file_name
 from medcam3d.nnunet.worker import (
     CaseFiles,
     LoadSpec,
@@ -55,7 +55,6 @@ from medcam3d.nnunet.worker import (
     folder_fingerprint,
     manifest_name,
     manifest_settings,
-    method_file_name,
     predictor_fingerprint,
     read_back,
 )

@@ -33,13 +33,19 @@ from medcam3d.nnunet.files import (
 from medcam3d.nnunet.loading import ModelInfo, cascade_error, import_nnunet, plain_network
 from medcam3d.sliding import SlidingFinerTarget, SlidingSegmentationTarget, normalize_maps
 
-__all__ = ["CaseResult", "NnUNetCAM", "TargetMode"]
+__all__ = ["CaseResult", "NnUNetCAM", "TargetMode", "method_file_name"]
 
 TargetMode = Literal["prediction", "channel", "mask"]
 
 _FINER_TARGET_OPTIONS = ("alpha", "comparison_categories", "comparison_ranks")
 
 logger = logging.getLogger(__name__)
+
+
+def method_file_name(method: str | type) -> str:
+    """The method's part of the output names (``<case>_<method>_class<k>``): the name as given, or
+    the class name in lower case."""
+    return method if isinstance(method, str) else getattr(method, "__name__", "cam").lower()
 
 
 @dataclass
@@ -114,7 +120,7 @@ class NnUNetCAM:
         layer_names = [target_layers] if isinstance(target_layers, str) else list(target_layers)
         self.layers = resolve_layers(self.network, layer_names)
         self.method_class = get_method(method) if isinstance(method, str) else method
-        self.method_name = method if isinstance(method, str) else getattr(method, "__name__", "cam").lower()
+        self.method_name = method_file_name(method)
         self.target_classes = self._check_classes(target_classes)
         self.target = target
         self.cam_type = cam_type

@@ -38,16 +38,10 @@ __all__ = [
     "check_shared_segmentation",
     "manifest_name",
     "manifest_settings",
-    "method_file_name",
     "read_back",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def method_file_name(method: str | type) -> str:
-    """The method's part of the output names (``<case>_<method>_class<k>``), as :class:`NnUNetCAM`."""
-    return method if isinstance(method, str) else getattr(method, "__name__", "cam").lower()
 
 
 @dataclass(frozen=True)
