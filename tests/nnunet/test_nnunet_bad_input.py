@@ -165,3 +165,22 @@ def test_the_runner_class_checks_its_options_once(nnunet_models):
         NnUNetCAM(predictor, "encoder.stages.3", method="gradcam", method_kwargs={"pool_size": 2})
     runner = NnUNetCAM(predictor, "encoder.stages.3", method="segxrescam", method_kwargs={"pool_size": 2})
     assert runner.tile_step_size == predictor.tile_step_size
+
+
+def test_every_unreadable_or_vector_image_is_named_in_one_error(nnunet_models, inputs, tmp_path):
+    """A large input folder with several damaged files: one run names them all, not one per run."""
+    good = (inputs / "case_0000.nii.gz").read_bytes()
+    (inputs / "cut1_0000.nii.gz").write_bytes(good[:40])  # an interrupted copy: not even its header
+    (inputs / "cut2_0000.nii.gz").write_bytes(b"not an image at all")
+    _vector_image(inputs / "vector_0000.nii.gz")
+    out = tmp_path / "out"
+    with pytest.raises(InputFileError) as info:
+        segment_and_explain(
+            nnunet_models.model_folder(builder.SPHERE), inputs, out, "encoder.stages.3", progress=False
+        )
+    message = str(info.value)
+    for name in ("cut1_0000.nii.gz", "cut2_0000.nii.gz", "vector_0000.nii.gz"):
+        assert name in message, message
+    assert "case_0000.nii.gz" not in message
+    assert "Replace these files" in message and "2 values per voxel" in message
+    assert not out.exists()

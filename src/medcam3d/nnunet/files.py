@@ -377,21 +377,38 @@ def _values_per_voxel(f: str) -> tuple[int, tuple[int, ...]]:
 
 
 def check_readable(files: Sequence[str]) -> None:
-    """Read each image's header (cheap: no voxel data) so that an unreadable image, or one holding
-    several values per voxel (a vector image, or a 4-D series), fails with :class:`InputFileError`
-    before any heavy work starts: nnU-Net takes one scalar image per channel file."""
+    """Read each image's header (cheap: no voxel data) so that unreadable images, or ones holding
+    several values per voxel (a vector image, or a 4-D series), fail with :class:`InputFileError`
+    before any heavy work starts: nnU-Net takes one scalar image per channel file. Every offending
+    file of the input is listed (up to 20), not only the first."""
+    unreadable: list[str] = []
+    vector: list[str] = []
     for f in files:
         try:
             values, shape = _values_per_voxel(f)
         except Exception as exc:
-            raise InputFileError(f"Cannot read image {f}: {type(exc).__name__}: {exc}".strip()) from exc
+            unreadable.append(f"Cannot read image {f}: {type(exc).__name__}: {exc}".strip())
+            continue
         if values != 1:
-            raise InputFileError(
-                f"Image {f} holds {values} values per voxel (shape {shape}: a vector or 4-D image), but nnU-Net "
-                "takes one scalar 2-D or 3-D image per channel file. Split it into one file per component, named "
-                "<case>_0000<ending>, <case>_0001<ending>, ... (e.g. SimpleITK.VectorIndexSelectionCast), as the "
-                "model's channels expect."
-            )
+            vector.append(f"Image {f} holds {values} values per voxel (shape {shape}: a vector or 4-D image)")
+    problems: list[str] = []
+    if unreadable:
+        listed = unreadable[:20] + ([f"... and {len(unreadable) - 20} more"] if len(unreadable) > 20 else [])
+        problems.append(
+            "; ".join(listed)
+            + ". Replace these files (a damaged or incomplete copy?) or move them out of the input, then run the "
+            "command again"
+        )
+    if vector:
+        listed = vector[:20] + ([f"... and {len(vector) - 20} more"] if len(vector) > 20 else [])
+        problems.append(
+            "; ".join(listed)
+            + ". nnU-Net takes one scalar 2-D or 3-D image per channel file: split each into one file per "
+            "component, named <case>_0000<ending>, <case>_0001<ending>, ... (e.g. SimpleITK.VectorIndexSelectionCast), "
+            "as the model's channels expect"
+        )
+    if problems:
+        raise InputFileError("; and ".join(problems) + ".")
 
 
 def check_map_writer(reader_writer: Any) -> None:
